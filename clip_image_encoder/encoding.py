@@ -1,0 +1,129 @@
+"""The encoding pipeline shared by the Executor and the command line.
+
+Sources go in lazily; each comes out as an embedding or as the `ImageInputError` that says
+why it could not be embedded. Decoding and preprocessing of the next batch run in a thread
+pool while the model works on the current one, and at most ``prefetch_batches + 1``
+batches are held at any time, so memory grows with the batch size, not with the input.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from clip_image_encoder.decoding import DecodeLimits, ImageInputError, ImageSource, load_image
+from clip_image_encoder.model import EmbeddingModel
+from clip_image_encoder.preprocessing import (
+    check_model_input,
+    is_model_input,
+    resize_and_crop,
+    to_model_input,
+)
+from clip_image_encoder.similarity import l2_normalize
+
+logger = logging.getLogger(__name__)
+
+EncodeResult = np.ndarray | ImageInputError
+"""A ``(D,)`` float32 embedding, or the error of that one input."""
+
+PREPROCESSING_MODES = ("exact", "fast")
+
+
+class ImageEncoder:
+    """Embeds image sources in batches with the decode of batch k+1 overlapping the model on batch k."""
+
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        limits: DecodeLimits | None = None,
+        num_workers: int = 2,
+        prefetch_batches: int = 1,
+    ) -> None:
+        self.model = model
+        self.limits = limits or DecodeLimits()
+        self.prefetch_batches = prefetch_batches
+        self._pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="decode")
+
+    def encode(
+        self,
+        sources: Iterable[ImageSource | None],
+        batch_size: int = 32,
+        normalize: bool = False,
+        preprocessing: str = "exact",
+    ) -> Iterator[EncodeResult]:
+        """Yield one result per source, in order."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if preprocessing not in PREPROCESSING_MODES:
+            raise ValueError(f"preprocessing must be one of {PREPROCESSING_MODES}, got {preprocessing!r}")
+        fast = preprocessing == "fast"
+        pending: deque[list[Future]] = deque()
+        for batch in _batched(sources, batch_size):
+            pending.append([self._pool.submit(self.prepare, source, fast) for source in batch])
+            if len(pending) > self.prefetch_batches:
+                yield from self._embed_batch(pending.popleft(), normalize)
+        while pending:
+            yield from self._embed_batch(pending.popleft(), normalize)
+
+    def prepare(self, source: ImageSource | None, fast: bool = False) -> np.ndarray:
+        """Decode and resize one source: ``(H, W, 3)`` uint8 pixels, or a checked ``(3, H, W)`` float32 model input."""
+        config = self.model.preprocess
+        if isinstance(source, np.ndarray) and is_model_input(source):
+            return check_model_input(source, config)
+        try:
+            image = load_image(source, self.limits, draft_size=config.draft_size if fast else None)
+            return resize_and_crop(image, config, fast=fast)
+        except ImageInputError:
+            raise
+        except Exception as exc:  # a bug or an exotic file must still only fail its own input
+            logger.exception("unexpected failure preparing an image")
+            raise ImageInputError(f"image could not be preprocessed ({type(exc).__name__}: {exc})") from exc
+
+    def _embed_batch(self, futures: list[Future], normalize: bool) -> Iterator[EncodeResult]:
+        results: list[EncodeResult] = []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except ImageInputError as exc:
+                results.append(exc)
+        ready = [i for i, result in enumerate(results) if isinstance(result, np.ndarray)]
+        if ready:
+            try:
+                embeddings = self.model.embed(self._assemble([results[i] for i in ready]))
+                if normalize:
+                    embeddings = l2_normalize(embeddings)
+                for row, index in enumerate(ready):
+                    results[index] = embeddings[row]
+            except Exception as exc:  # the model failing one batch must not end the service
+                logger.exception("model failed on a batch of %d", len(ready))
+                error = ImageInputError(f"model failed on this batch ({type(exc).__name__}: {exc})")
+                for index in ready:
+                    results[index] = error
+        yield from results
+
+    def _assemble(self, prepared: list[np.ndarray]) -> torch.Tensor:
+        """Stack pixels (normalised here, once per batch) and ready model inputs in their order."""
+        pixel_rows = [i for i, item in enumerate(prepared) if item.dtype == np.uint8]
+        batch = torch.empty(len(prepared), 3, *self.model.preprocess.output_size)
+        if pixel_rows:
+            batch[pixel_rows] = to_model_input([prepared[i] for i in pixel_rows], self.model.preprocess)
+        for i, item in enumerate(prepared):
+            if item.dtype != np.uint8:
+                batch[i] = torch.from_numpy(item)
+        return batch
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _batched(items: Iterable[ImageSource | None], size: int) -> Iterator[list[ImageSource | None]]:
+    """Lazy fixed-size chunks (``itertools.batched`` needs Python 3.12)."""
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch

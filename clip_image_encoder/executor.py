@@ -1,0 +1,139 @@
+"""The Jina Executor: maps Documents to image sources and results back to Documents.
+
+It orchestrates only: decoding, preprocessing and the model live in their own modules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from docarray import BaseDoc, DocList
+from docarray.typing import AnyEmbedding, AnyTensor
+from jina import Executor, requests
+
+from clip_image_encoder.decoding import DecodeLimits, ImageInputError, ImageSource
+from clip_image_encoder.encoding import ImageEncoder
+from clip_image_encoder.model import DEFAULT_MODEL, load_model
+
+
+class ImageDocument(BaseDoc):
+    """An image in, its embedding (or the reason it has none) out.
+
+    Field names follow docarray's ``ImageDoc``; the types are deliberately loose so that one
+    malformed Document reaches the Executor and gets its own ``error`` instead of failing the
+    whole request at deserialisation.
+    """
+
+    url: str | None = None
+    """Local path, ``file://``, ``data:`` uri, or ``http(s)://`` when the Executor allows remote uris."""
+    bytes_: bytes | None = None
+    """Encoded image file (JPEG, PNG, WebP, ...)."""
+    tensor: AnyTensor | None = None
+    """Decoded ``(H, W, 3)``, ``(H, W)`` or ``(H, W, 4)`` uint8 pixels; or ``(3, H, W)`` float32 model input."""
+    embedding: AnyEmbedding | None = None
+    """``(D,)`` float32, written by the Executor."""
+    error: str | None = None
+    """Why this Document got no embedding; None when it did."""
+
+
+class CLIPImageEncoder(Executor):
+    """Embeds the image of each Document with a Hugging Face CLIP vision model."""
+
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str = DEFAULT_MODEL,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 32,
+        normalize: bool = False,
+        overwrite_embeddings: bool = False,
+        preprocessing: str = "exact",
+        num_workers: int = 2,
+        allow_remote_uris: bool = False,
+        max_image_pixels: int = DecodeLimits.max_image_pixels,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        """
+        :param pretrained_model_name_or_path: Hugging Face hub name or local folder of a CLIP
+            model (``save_pretrained`` layout). The HF cache (``HF_HOME``) and
+            ``HF_HUB_OFFLINE=1`` are honoured.
+        :param device: ``auto`` (cuda when present, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
+        :param dtype: ``auto`` (float16 on cuda, float32 on cpu), ``float32``, ``float16`` or
+            ``bfloat16``. Embeddings are returned as float32 whatever the compute dtype.
+        :param batch_size: images per forward pass; per request as ``parameters['batch_size']``.
+        :param normalize: l2-normalise embeddings; per request as ``parameters['normalize']``.
+        :param overwrite_embeddings: re-embed Documents that already carry an embedding; per
+            request as ``parameters['overwrite_embeddings']``.
+        :param preprocessing: ``exact`` (equal to the Hugging Face processor) or ``fast``
+            (reduced-size JPEG decoding, much faster on large photos); per request as
+            ``parameters['preprocessing']``.
+        :param num_workers: threads that decode and resize while the model runs.
+        :param allow_remote_uris: fetch ``http(s)://`` uris (off: a client must not make the
+            server reach the network unless the operator says so).
+        :param max_image_pixels: images declaring more pixels are refused before decoding.
+        """
+        super().__init__(*args, **kwargs)
+        self.defaults = {
+            "batch_size": batch_size,
+            "normalize": normalize,
+            "overwrite_embeddings": overwrite_embeddings,
+            "preprocessing": preprocessing,
+        }
+        model = load_model(pretrained_model_name_or_path, device=device, dtype=dtype)
+        model.warm_up()
+        limits = DecodeLimits(max_image_pixels=max_image_pixels, allow_remote_uris=allow_remote_uris)
+        self.encoder = ImageEncoder(model, limits, num_workers=num_workers)
+
+    @requests
+    def encode(
+        self, docs: DocList[ImageDocument], parameters: dict | None = None, **kwargs: Any
+    ) -> DocList[ImageDocument]:
+        """Write ``embedding`` (or ``error``) on every Document, keeping order and ids."""
+        options = self._request_options(parameters or {})
+        todo = [
+            (index, doc) for index, doc in enumerate(docs) if doc.embedding is None or options["overwrite_embeddings"]
+        ]
+        results = self.encoder.encode(
+            (_image_source(doc) for _, doc in todo),
+            batch_size=options["batch_size"],
+            normalize=options["normalize"],
+            preprocessing=options["preprocessing"],
+        )
+        with self.monitor("encode_seconds", "Time to embed the Documents of one request"):
+            for (index, doc), result in zip(todo, results, strict=True):
+                if isinstance(result, ImageInputError):
+                    doc.embedding = None
+                    doc.error = f"doc {index} (id {doc.id}): {result}"
+                    self.logger.warning(doc.error)
+                else:
+                    doc.embedding = result
+                    doc.error = None
+        return docs
+
+    def _request_options(self, parameters: dict) -> dict[str, Any]:
+        unknown = set(parameters) - set(self.defaults)
+        if unknown:
+            self.logger.warning(f"ignoring unknown parameters {sorted(unknown)}")
+        return {key: parameters.get(key, default) for key, default in self.defaults.items()}
+
+    def close(self) -> None:
+        self.encoder.close()
+        super().close()
+
+
+def _image_source(doc: ImageDocument) -> ImageSource | None:
+    """The image a Document carries: a decoded tensor first, then bytes, then the uri."""
+    if doc.tensor is not None:
+        tensor = doc.tensor
+        return tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
+    if doc.bytes_ is not None:
+        return doc.bytes_
+    if doc.url is not None:
+        return doc.url
+    return None
+
+
+__all__ = ["CLIPImageEncoder", "ImageDocument"]

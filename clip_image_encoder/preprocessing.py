@@ -1,0 +1,152 @@
+"""Preprocessing as data: one config read from the model's ``preprocessor_config.json``.
+
+The steps match the Hugging Face ``CLIPImageProcessor`` (PIL backend) numerically: resize of
+the short side with the configured resample, centre crop (zero padding where the image is
+smaller), rescale, normalise. Resize and crop run per image in Pillow (images differ in
+size); rescale and normalise run once per batch as torch tensor ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.image_processing_base import ImageProcessingMixin
+
+from clip_image_encoder.decoding import ImageInputError
+
+FAST_DRAFT_FACTOR = 2
+"""Fast mode lets JPEG decoding shrink an image to no less than this many times the resize target."""
+FAST_REDUCING_GAP = 2.0
+"""Fast mode resizes large images in two steps (Pillow ``reducing_gap``): box reduce, then the filter."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The model's own preprocessing, named as in ``preprocessor_config.json``."""
+
+    do_resize: bool = True
+    shortest_edge: int | None = 224
+    """Resize so that the short side has this length (aspect kept); or None to use ``size``."""
+    size: tuple[int, int] | None = None
+    """(height, width) to resize to exactly, when there is no ``shortest_edge``."""
+    resample: Image.Resampling = Image.Resampling.BICUBIC
+    do_center_crop: bool = True
+    crop_size: tuple[int, int] = (224, 224)
+    """(height, width) of the centre crop."""
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> PreprocessConfig:
+        """Read the keys of a Hugging Face image processor config; missing keys keep CLIP's defaults."""
+        size = config.get("size", {"shortest_edge": 224})
+        if isinstance(size, int):
+            size = {"shortest_edge": size}
+        crop = config.get("crop_size", {"height": 224, "width": 224})
+        if isinstance(crop, int):
+            crop = {"height": crop, "width": crop}
+        if "shortest_edge" not in size and "height" not in size:
+            raise ValueError(f"unsupported resize size {size}: expected shortest_edge or height/width")
+        defaults = cls()
+        return cls(
+            do_resize=config.get("do_resize", True),
+            shortest_edge=size.get("shortest_edge"),
+            size=(size["height"], size["width"]) if "height" in size else None,
+            resample=Image.Resampling(config.get("resample", defaults.resample)),
+            do_center_crop=config.get("do_center_crop", True),
+            crop_size=(crop["height"], crop["width"]),
+            do_rescale=config.get("do_rescale", True),
+            rescale_factor=config.get("rescale_factor", defaults.rescale_factor),
+            do_normalize=config.get("do_normalize", True),
+            image_mean=tuple(config.get("image_mean", defaults.image_mean)),
+            image_std=tuple(config.get("image_std", defaults.image_std)),
+        )
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **hub_kwargs: Any) -> PreprocessConfig:
+        """Load ``preprocessor_config.json`` of a hub name or local folder (HF cache and offline mode honoured)."""
+        config, _ = ImageProcessingMixin.get_image_processor_dict(name_or_path, **hub_kwargs)
+        return cls.from_dict(config)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(height, width) of the model input that this config produces."""
+        if self.do_center_crop:
+            return self.crop_size
+        if self.size is not None:
+            return self.size
+        raise ValueError("a shortest_edge resize without centre crop gives inputs of varying size")
+
+    @property
+    def draft_size(self) -> int:
+        """Smallest side the fast mode lets the JPEG decoder shrink an image to."""
+        target = self.shortest_edge or max(self.size or self.crop_size)
+        return FAST_DRAFT_FACTOR * target
+
+
+def resize_and_crop(image: Image.Image, config: PreprocessConfig, fast: bool = False) -> np.ndarray:
+    """Resize and centre-crop one RGB image: returns ``(H, W, 3)`` uint8 at ``config.output_size``.
+
+    ``fast`` resizes in two steps (``reducing_gap``), which is much cheaper for large images
+    and differs slightly from the reference.
+    """
+    if config.do_resize:
+        width, height = _resized_width_height(image.width, image.height, config)
+        if (width, height) != image.size:
+            image = image.resize(
+                (width, height),
+                resample=config.resample,
+                reducing_gap=FAST_REDUCING_GAP if fast else None,
+            )
+    if config.do_center_crop:
+        crop_height, crop_width = config.crop_size
+        # Pillow fills the part of the box outside the image with zeros, as the reference pads.
+        top = (image.height - crop_height) // 2
+        left = (image.width - crop_width) // 2
+        image = image.crop((left, top, left + crop_width, top + crop_height))
+    return np.asarray(image)
+
+
+def _resized_width_height(width: int, height: int, config: PreprocessConfig) -> tuple[int, int]:
+    """Output size of the resize step, rounded exactly as ``get_resize_output_image_size`` does."""
+    if config.shortest_edge is None:
+        target_height, target_width = config.size or config.crop_size
+        return target_width, target_height
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = config.shortest_edge, int(config.shortest_edge * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def to_model_input(pixels: list[np.ndarray], config: PreprocessConfig) -> torch.Tensor:
+    """Stack ``(H, W, 3)`` uint8 images into a ``(N, 3, H, W)`` float32 batch, rescaled and normalised."""
+    batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).to(torch.float32)
+    if config.do_rescale:
+        batch.mul_(config.rescale_factor)
+    if config.do_normalize:
+        mean = torch.tensor(config.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(config.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        batch.sub_(mean).div_(std)
+    return batch.contiguous()
+
+
+def check_model_input(array: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Validate a client's already preprocessed ``(3, H, W)`` float input, which skips preprocessing."""
+    expected = (3, *config.output_size)
+    if tuple(array.shape) != expected:
+        raise ImageInputError(f"preprocessed tensor has shape {tuple(array.shape)}, the model expects {expected}")
+    model_input = array.astype(np.float32, copy=False)
+    if not np.isfinite(model_input).all():
+        raise ImageInputError("preprocessed tensor contains NaN or infinite values")
+    return model_input
+
+
+def is_model_input(array: np.ndarray) -> bool:
+    """A float array with 3 leading channels is a preprocessed model input, not pixels."""
+    return np.issubdtype(array.dtype, np.floating) and array.ndim == 3 and array.shape[0] == 3

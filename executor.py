@@ -1,0 +1,5 @@
+"""Entry point that Jina and a hub load (``config.yml`` names it); the code lives in the package."""
+
+from clip_image_encoder.executor import CLIPImageEncoder, ImageDocument
+
+__all__ = ["CLIPImageEncoder", "ImageDocument"]

@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny random CLIP model saved to disk, and real photos from installed packages."""
+
+from __future__ import annotations
+
+import os
+
+# Tests never reach the network or bind beyond loopback; set before jina or transformers import.
+os.environ.setdefault("JINA_DEFAULT_HOST", "127.0.0.1")
+os.environ.setdefault("JINA_OPTOUT_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skimage_data
+from sklearn.datasets import load_sample_images
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+TINY_CLIP = CLIPVisionConfig(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=224,
+    patch_size=32,
+    projection_dim=16,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random ViT CLIP vision tower in the save_pretrained layout that users' folders have."""
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    torch.manual_seed(0)
+    CLIPVisionModelWithProjection(TINY_CLIP).eval().save_pretrained(folder)
+    CLIPImageProcessorPil().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model_dir: Path):
+    """The Hugging Face reference: CLIPImageProcessor (PIL) + CLIPVisionModelWithProjection."""
+    processor = CLIPImageProcessorPil.from_pretrained(tiny_model_dir)
+    model = CLIPVisionModelWithProjection.from_pretrained(tiny_model_dir).eval()
+
+    def embed(images: list[Image.Image]) -> np.ndarray:
+        pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            return model(pixel_values=pixel_values).image_embeds.numpy()
+
+    return embed
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """Real RGB photos, (H, W, 3) uint8, of varied sizes and aspect ratios."""
+    china, flower = load_sample_images().images
+    return {
+        "astronaut": skimage_data.astronaut(),
+        "chelsea": skimage_data.chelsea(),
+        "coffee": skimage_data.coffee(),
+        "rocket": skimage_data.rocket(),
+        "china": china,
+        "flower": flower,
+    }
