@@ -3,8 +3,7 @@
 It orchestrates only: decoding, preprocessing and the model live in their own modules.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Jina reads the request schemas from live type hints.
 from typing import Any
 
 import numpy as np

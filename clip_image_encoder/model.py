@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -131,13 +132,15 @@ def load_model(
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    folder = Path(name_or_path).expanduser()
+    if (folder.is_absolute() or name_or_path.startswith(".")) and not folder.is_dir():
+        raise ModelNotFoundError(f"model folder {name_or_path!r} does not exist")
+    source = str(folder) if folder.is_dir() else name_or_path
     try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False, **hub_kwargs)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False, **hub_kwargs)
         backbone = _backbone_for(config.model_type, name_or_path)
-        module = backbone.model_class.from_pretrained(
-            name_or_path, dtype=torch_dtype, trust_remote_code=False, **hub_kwargs
-        )
-        preprocess = PreprocessConfig.from_pretrained(name_or_path, **hub_kwargs)
+        module = backbone.model_class.from_pretrained(source, dtype=torch_dtype, trust_remote_code=False, **hub_kwargs)
+        preprocess = PreprocessConfig.from_pretrained(source, **hub_kwargs)
     except OSError as exc:
         raise ModelNotFoundError(
             f"model {name_or_path!r} could not be loaded ({exc}). Offline, either pass a local "

@@ -66,3 +66,25 @@ def photos() -> dict[str, np.ndarray]:
         "china": china,
         "flower": flower,
     }
+
+
+@pytest.fixture(scope="session")
+def executor(tiny_model_dir: Path):
+    """One Executor on the tiny model, loaded the way users load theirs (a folder path)."""
+    from clip_image_encoder.executor import CLIPImageEncoder
+
+    encoder = CLIPImageEncoder(pretrained_model_name_or_path=str(tiny_model_dir))
+    yield encoder
+    encoder.close()
+
+
+@pytest.fixture(scope="session")
+def photo_variants(photos: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """36 distinct real images: six crops of each photo, enough for a batch of 32 and a remainder."""
+    variants = []
+    for photo in photos.values():
+        height, width = photo.shape[:2]
+        for i in range(6):
+            top, left = (i * height) // 12, ((5 - i) * width) // 12
+            variants.append(np.ascontiguousarray(photo[top : top + height // 2 + i * 10, left:]))
+    return variants
