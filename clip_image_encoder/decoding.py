@@ -137,7 +137,12 @@ def decode_bytes(data: bytes, limits: DecodeLimits, draft_size: int | None = Non
 
 
 def image_from_array(array: np.ndarray, limits: DecodeLimits) -> Image.Image:
-    """Wrap a decoded ``(H, W)``, ``(H, W, 1|3|4)`` uint8 array as an RGB image."""
+    """Wrap a decoded ``(H, W)``, ``(H, W, 1|3|4)`` array of 0..255 integers as an RGB image."""
+    if np.issubdtype(array.dtype, np.integer) and array.dtype != np.uint8:
+        # JSON (Jina's HTTP protocol) carries pixels as int64: accept any integers that are bytes.
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ImageInputError(f"tensor of dtype {array.dtype} has values outside the 0..255 of pixels")
+        array = array.astype(np.uint8)
     if array.dtype != np.uint8:
         raise ImageInputError(
             f"tensor of dtype {array.dtype} is not an image: expected uint8 (H, W, 3) pixels, "

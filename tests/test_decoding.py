@@ -55,6 +55,13 @@ def test_grey_array_and_grey_png_become_rgb_with_equal_channels(photos):
         np.testing.assert_array_equal(decoded[:, :, 1], grey)
 
 
+def test_integer_pixels_of_any_dtype_are_accepted_as_bytes(photos):
+    as_int64 = photos["rocket"].astype(np.int64)  # what JSON over HTTP delivers
+    np.testing.assert_array_equal(pixels(load_image(as_int64, LIMITS)), photos["rocket"])
+    with pytest.raises(ImageInputError, match="outside the 0..255"):
+        load_image(as_int64 * 300, LIMITS)
+
+
 def test_transparency_is_composited_on_white():
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     rgba[:2] = (255, 0, 0, 255)  # opaque red top half, fully transparent bottom half

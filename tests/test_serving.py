@@ -1,0 +1,119 @@
+"""Serving: a Flow over gRPC and HTTP, and `jina executor --uses config.yml`, answer real clients."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from docarray import DocList
+from helpers import encode_image
+from jina import Client, Flow
+from PIL import Image
+
+from clip_image_encoder.executor import CLIPImageEncoder, ImageDocument
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, server: subprocess.Popen, timeout_s: float = 120) -> None:
+    """A bare Executor has no readiness endpoint: wait until its gRPC port accepts connections."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert server.poll() is None, "the server exited during start-up"
+        assert time.monotonic() < deadline, f"nothing listened on port {port} within {timeout_s} s"
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+
+
+def mixed_request(photos: dict[str, np.ndarray], with_bytes: bool) -> list[ImageDocument]:
+    """Good and broken Documents; HTTP cannot carry bytes_, so it gets data uris instead."""
+    png = encode_image(Image.fromarray(photos["chelsea"]), "PNG")
+    good_encoded = ImageDocument(bytes_=png) if with_bytes else ImageDocument(url=data_uri(png))
+    broken_encoded = ImageDocument(bytes_=b"broken") if with_bytes else ImageDocument(url=data_uri(b"broken"))
+    return [
+        ImageDocument(tensor=photos["astronaut"]),
+        broken_encoded,
+        good_encoded,
+        ImageDocument(url="/no/such/file.jpg"),
+        ImageDocument(tensor=np.zeros((3, 3, 5), dtype=np.uint8)),
+    ]
+
+
+def data_uri(payload: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(payload).decode()
+
+
+def check_mixed_answer(sent: list[ImageDocument], answer: DocList[ImageDocument]) -> None:
+    assert [doc.id for doc in answer] == [doc.id for doc in sent]
+    good, bad = [0, 2], [1, 3, 4]
+    for index in good:
+        assert answer[index].error is None
+        assert np.asarray(answer[index].embedding).shape == (16,)
+    for index in bad:
+        assert answer[index].embedding is None
+        assert answer[index].error.startswith(f"doc {index} ")
+    assert "not a decodable image" in answer[1].error
+    assert "no such file" in answer[3].error
+    assert "is not an image" in answer[4].error
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_flow_embeds_good_documents_and_reports_broken_ones(tiny_model_dir, photos, protocol):
+    flow = Flow(protocol=protocol, port=free_port()).add(
+        uses=CLIPImageEncoder, uses_with={"pretrained_model_name_or_path": str(tiny_model_dir)}
+    )
+    sent = mixed_request(photos, with_bytes=protocol == "grpc")
+    with flow:
+        answer = flow.post("/", inputs=DocList[ImageDocument](sent), return_type=DocList[ImageDocument])
+        check_mixed_answer(sent, answer)
+        # The Executor keeps serving after bad input, and honours per-request parameters.
+        again = flow.post(
+            "/encode",
+            inputs=DocList[ImageDocument]([ImageDocument(tensor=photos["rocket"])]),
+            parameters={"normalize": True},
+            return_type=DocList[ImageDocument],
+        )
+    assert np.linalg.norm(np.asarray(again[0].embedding)) == pytest.approx(1, abs=1e-5)
+
+
+def test_jina_executor_cli_serves_from_config_yml(tiny_model_dir, photos):
+    port = free_port()
+    uses_with = json.dumps({"pretrained_model_name_or_path": str(tiny_model_dir)})
+    jina_cli = Path(sys.executable).with_name("jina")
+    server = subprocess.Popen(
+        [str(jina_cli), "executor", "--uses", "config.yml", "--port", str(port), "--uses-with", uses_with],
+        cwd=REPO,
+        env={**os.environ, "JINA_LOG_LEVEL": "ERROR"},
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port, server)
+        client = Client(host="127.0.0.1", port=port, protocol="grpc")
+        answer = client.post(
+            "/",
+            inputs=DocList[ImageDocument]([ImageDocument(tensor=photos["coffee"]), ImageDocument()]),
+            return_type=DocList[ImageDocument],
+        )
+        assert np.asarray(answer[0].embedding).shape == (16,)
+        assert "no image" in answer[1].error
+    finally:
+        # SIGINT to the whole group: SIGTERM leaves Jina's child process serving on the port.
+        os.killpg(server.pid, signal.SIGINT)
+        server.wait(timeout=60)
