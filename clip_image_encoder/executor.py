@@ -4,6 +4,7 @@ It orchestrates only: decoding, preprocessing and the model live in their own mo
 """
 
 # No `from __future__ import annotations` here: Jina reads the request schemas from live type hints.
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from jina import Executor, requests
 
 from clip_image_encoder.decoding import DecodeLimits, ImageInputError, ImageSource
 from clip_image_encoder.encoding import ImageEncoder
-from clip_image_encoder.model import DEFAULT_MODEL, load_model
+from clip_image_encoder.model import DEFAULT_MODEL, configure_cpu_threads, load_model
 
 
 class ImageDocument(BaseDoc):
@@ -50,6 +51,7 @@ class CLIPImageEncoder(Executor):
         overwrite_embeddings: bool = False,
         preprocessing: str = "exact",
         num_workers: int = 2,
+        num_threads: int = 0,
         allow_remote_uris: bool = False,
         max_image_pixels: int = DecodeLimits.max_image_pixels,
         *args: Any,
@@ -70,6 +72,7 @@ class CLIPImageEncoder(Executor):
             (reduced-size JPEG decoding, much faster on large photos); per request as
             ``parameters['preprocessing']``.
         :param num_workers: threads that decode and resize while the model runs.
+        :param num_threads: torch cpu threads; 0 shares the machine's cores among the replicas.
         :param allow_remote_uris: fetch ``http(s)://`` uris (off: a client must not make the
             server reach the network unless the operator says so).
         :param max_image_pixels: images declaring more pixels are refused before decoding.
@@ -81,17 +84,27 @@ class CLIPImageEncoder(Executor):
             "overwrite_embeddings": overwrite_embeddings,
             "preprocessing": preprocessing,
         }
+        configure_cpu_threads(num_threads, replicas=getattr(self.runtime_args, "replicas", 1))
         model = load_model(pretrained_model_name_or_path, device=device, dtype=dtype)
         model.warm_up()
         limits = DecodeLimits(max_image_pixels=max_image_pixels, allow_remote_uris=allow_remote_uris)
         self.encoder = ImageEncoder(model, limits, num_workers=num_workers)
 
     @requests
-    def encode(
+    async def encode(
         self, docs: DocList[ImageDocument], parameters: dict | None = None, **kwargs: Any
     ) -> DocList[ImageDocument]:
-        """Write ``embedding`` (or ``error``) on every Document, keeping order and ids."""
+        """Write ``embedding`` (or ``error``) on every Document, keeping order and ids.
+
+        Async so that Jina does not serialise requests: while one request's batch is in the
+        model (which runs one forward at a time), the next request is already decoding.
+        """
         options = self._request_options(parameters or {})
+        with self.monitor("encode_seconds", "Time to embed the Documents of one request"):
+            await asyncio.to_thread(self._encode_documents, docs, options)
+        return docs
+
+    def _encode_documents(self, docs: DocList[ImageDocument], options: dict[str, Any]) -> None:
         todo = [
             (index, doc) for index, doc in enumerate(docs) if doc.embedding is None or options["overwrite_embeddings"]
         ]
@@ -101,16 +114,14 @@ class CLIPImageEncoder(Executor):
             normalize=options["normalize"],
             preprocessing=options["preprocessing"],
         )
-        with self.monitor("encode_seconds", "Time to embed the Documents of one request"):
-            for (index, doc), result in zip(todo, results, strict=True):
-                if isinstance(result, ImageInputError):
-                    doc.embedding = None
-                    doc.error = f"doc {index} (id {doc.id}): {result}"
-                    self.logger.warning(doc.error)
-                else:
-                    doc.embedding = result
-                    doc.error = None
-        return docs
+        for (index, doc), result in zip(todo, results, strict=True):
+            if isinstance(result, ImageInputError):
+                doc.embedding = None
+                doc.error = f"doc {index} (id {doc.id}): {result}"
+                self.logger.warning(doc.error)
+            else:
+                doc.embedding = result
+                doc.error = None
 
     def _request_options(self, parameters: dict) -> dict[str, Any]:
         unknown = set(parameters) - set(self.defaults)

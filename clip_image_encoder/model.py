@@ -8,6 +8,8 @@ the embedding from its output.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +94,8 @@ class EmbeddingModel:
         self.device = device
         self.dtype = dtype
         self.embedding_dim = backbone.embedding_dim(module.config)
+        # One forward at a time: concurrent requests overlap their decoding with it, not each other's matmuls.
+        self._forward_lock = threading.Lock()
 
     @torch.inference_mode()
     def embed(self, pixel_values: torch.Tensor) -> np.ndarray:
@@ -109,14 +113,27 @@ class EmbeddingModel:
     def _forward(self, pixel_values: torch.Tensor) -> np.ndarray:
         if self.device.type == "cuda":
             pixel_values = pixel_values.pin_memory()
-        inputs = pixel_values.to(self.device, dtype=self.dtype, non_blocking=True)
-        output = self.module(pixel_values=inputs)
-        return self.backbone.read_embedding(output).float().cpu().numpy()
+        with self._forward_lock:
+            inputs = pixel_values.to(self.device, dtype=self.dtype, non_blocking=True)
+            output = self.module(pixel_values=inputs)
+            return self.backbone.read_embedding(output).float().cpu().numpy()
 
     def warm_up(self) -> None:
         """One forward pass at start, so that the first request does not pay for lazy initialisation."""
         height, width = self.preprocess.output_size
         self.embed(torch.zeros(1, 3, height, width))
+
+
+def configure_cpu_threads(num_threads: int, replicas: int = 1) -> int:
+    """Set torch's intra-op threads; 0 means the cores shared out among the replicas on this machine.
+
+    Each Jina replica is a process with its own torch thread pool: without this, N replicas
+    run N x cores threads and slow each other down.
+    """
+    if num_threads <= 0:
+        num_threads = max(1, (os.cpu_count() or 1) // max(1, replicas))
+    torch.set_num_threads(num_threads)
+    return num_threads
 
 
 def load_model(

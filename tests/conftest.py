@@ -8,6 +8,9 @@ import os
 os.environ.setdefault("JINA_DEFAULT_HOST", "127.0.0.1")
 os.environ.setdefault("JINA_OPTOUT_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Flows start their Executors in new processes; forking a process whose torch thread pool has run
+# (the in-process Executor fixture) can deadlock the child, so spawn instead.
+os.environ.setdefault("JINA_MP_START_METHOD", "spawn")
 
 from pathlib import Path
 

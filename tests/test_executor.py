@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from io import BytesIO
 from pathlib import Path
@@ -19,7 +20,7 @@ PARITY = 0.99999
 
 
 def embed(executor: CLIPImageEncoder, docs: list[ImageDocument], **parameters) -> DocList[ImageDocument]:
-    return executor.encode(docs=DocList[ImageDocument](docs), parameters=parameters)
+    return asyncio.run(executor.encode(docs=DocList[ImageDocument](docs), parameters=parameters))
 
 
 def as_document(kind: str, photo: np.ndarray, folder: Path, index: int) -> tuple[ImageDocument, Image.Image]:
