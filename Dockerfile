@@ -22,7 +22,7 @@ WORKDIR /app
 COPY install.sh requirements.txt pyproject.toml README.md ./
 COPY clip_image_encoder ./clip_image_encoder
 RUN ./install.sh
-COPY executor.py config.yml manifest.yml ./
+COPY executor.py config.yml indexer.yml flow.yml manifest.yml ./
 
 USER 10001
 VOLUME ["/cache"]

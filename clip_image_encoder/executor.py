@@ -18,6 +18,14 @@ from clip_image_encoder.encoding import ImageEncoder
 from clip_image_encoder.model import DEFAULT_MODEL, configure_cpu_threads, load_model
 
 
+class ImageMatch(BaseDoc):
+    """One search result: the indexed image and its cosine similarity to the query."""
+
+    key: str
+    """The indexed Document's ``url``, or its id when it had none."""
+    score: float
+
+
 class ImageDocument(BaseDoc):
     """An image in, its embedding (or the reason it has none) out.
 
@@ -36,6 +44,8 @@ class ImageDocument(BaseDoc):
     """``(D,)`` float32, written by the Executor."""
     error: str | None = None
     """Why this Document got no embedding; None when it did."""
+    matches: DocList[ImageMatch] | None = None
+    """Filled by the search Flow's ``/search``: the nearest indexed images, best first."""
 
 
 class CLIPImageEncoder(Executor):
@@ -96,8 +106,8 @@ class CLIPImageEncoder(Executor):
     ) -> DocList[ImageDocument]:
         """Write ``embedding`` (or ``error``) on every Document, keeping order and ids.
 
-        Async so that Jina does not serialise requests: while one request's batch is in the
-        model (which runs one forward at a time), the next request is already decoding.
+        Async so that Jina does not serialise whole requests: on cuda the next request decodes
+        while the model runs; on cpu requests take turns batch by batch (see ``encoding``).
         """
         options = self._request_options(parameters or {})
         with self.monitor("encode_seconds", "Time to embed the Documents of one request"):
@@ -146,4 +156,4 @@ def _image_source(doc: ImageDocument) -> ImageSource | None:
     return None
 
 
-__all__ = ["CLIPImageEncoder", "ImageDocument"]
+__all__ = ["CLIPImageEncoder", "ImageDocument", "ImageMatch"]
