@@ -213,10 +213,11 @@ def memory_against_request_size(model_dir: Path) -> list[tuple[int, int, float, 
     return rows
 
 
-def run(out: Path | None, batch_sizes: list[int], client_counts: list[int]) -> None:
+def run(out: Path | None, batch_sizes: list[int], client_counts: list[int], set_names: list[str]) -> None:
     model_dir = make_vit_b32(Path(tempfile.mkdtemp()) / "vit-b32")
     photos, origin = source_photos()
     sets = {"small 640x480": jpeg_set(photos, SMALL, 64), "large 12 MP": jpeg_set(photos, LARGE, 24)}
+    sets = {name: photos for name, photos in sets.items() if name.split()[0] in set_names}
     ours = {"pretrained_model_name_or_path": str(model_dir)}
     systems: list[tuple[str, Callable[[list[bytes], int, int], dict]]] = [
         ("baseline (seed-style)", lambda p, b, c: measure_served(SeedStyleEncoder, ours, p, b, c)),
@@ -239,6 +240,8 @@ def run(out: Path | None, batch_sizes: list[int], client_counts: list[int]) -> N
                         f"{set_name} b{batch_size} c{clients} {system_name} {result['images_per_s']:.1f} img/s",
                         flush=True,
                     )
+    if len(sets) < 2:
+        return  # a partial run (a quick check) has no drift or memory section
     drift = fast_mode_drift(model_dir, sets["large 12 MP"])
     memory = memory_against_request_size(model_dir)
     report = render(rows, drift, memory, origin)
@@ -294,9 +297,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the Markdown report here")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--sets", nargs="+", choices=("small", "large"), default=["small", "large"])
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    run(args.out, args.batch_sizes, args.clients)
+    run(args.out, args.batch_sizes, args.clients, args.sets)
     print(f"benchmark process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

@@ -57,9 +57,14 @@ class ImageEncoder:
         if prefetch_batches is None:
             prefetch_batches = 2 if model.device.type == "cuda" else 0
         self.prefetch_batches = prefetch_batches
+        self.overlaps = prefetch_batches > 0
+        """Whether decoding runs beside the model, so that concurrent requests gain from overlapping."""
         self._pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="decode")
+        # Every torch op runs on this one thread: torch keeps an OpenMP team per calling thread, and
+        # forwards arriving from many request threads made several teams spin against each other.
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         # Without prefetch, concurrent requests take turns per batch rather than decode beside the model.
-        self._batch_turn = threading.Lock() if prefetch_batches == 0 else None
+        self._batch_turn = None if self.overlaps else threading.Lock()
 
     def encode(
         self,
@@ -112,7 +117,8 @@ class ImageEncoder:
         ready = [i for i, result in enumerate(results) if isinstance(result, np.ndarray)]
         if ready:
             try:
-                embeddings = self.model.embed(self._assemble([results[i] for i in ready]))
+                batch = [results[i] for i in ready]
+                embeddings = self._model_thread.submit(lambda: self.model.embed(self._assemble(batch))).result()
                 if normalize:
                     embeddings = l2_normalize(embeddings)
                 for row, index in enumerate(ready):
@@ -137,6 +143,7 @@ class ImageEncoder:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._model_thread.shutdown(wait=True, cancel_futures=True)
 
 
 def _batched(items: Iterable[ImageSource | None], size: int) -> Iterator[list[ImageSource | None]]:

@@ -5,6 +5,7 @@ It orchestrates only: decoding, preprocessing and the model live in their own mo
 
 # No `from __future__ import annotations` here: Jina reads the request schemas from live type hints.
 import asyncio
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,9 @@ class CLIPImageEncoder(Executor):
         model.warm_up()
         limits = DecodeLimits(max_image_pixels=max_image_pixels, allow_remote_uris=allow_remote_uris)
         self.encoder = ImageEncoder(model, limits, num_workers=num_workers)
+        # Without overlap (cpu), concurrent requests only contend: take them one at a time, as Jina does
+        # for sync endpoints (measured: 4 concurrent clients 9.6 -> 10.7 images/s at batch 8).
+        self._one_request_at_a_time = contextlib.nullcontext() if self.encoder.overlaps else asyncio.Lock()
 
     @requests
     async def encode(
@@ -106,12 +110,13 @@ class CLIPImageEncoder(Executor):
     ) -> DocList[ImageDocument]:
         """Write ``embedding`` (or ``error``) on every Document, keeping order and ids.
 
-        Async so that Jina does not serialise whole requests: on cuda the next request decodes
-        while the model runs; on cpu requests take turns batch by batch (see ``encoding``).
+        Async so that, on cuda, the next request decodes while the model runs; on cpu, where
+        overlapping only makes threads contend for the cores, requests are taken one at a time.
         """
         options = self._request_options(parameters or {})
-        with self.monitor("encode_seconds", "Time to embed the Documents of one request"):
-            await asyncio.to_thread(self._encode_documents, docs, options)
+        async with self._one_request_at_a_time:
+            with self.monitor("encode_seconds", "Time to embed the Documents of one request"):
+                await asyncio.to_thread(self._encode_documents, docs, options)
         return docs
 
     def _encode_documents(self, docs: DocList[ImageDocument], options: dict[str, Any]) -> None:
