@@ -9,7 +9,8 @@ depend on them) and the same real photos:
 
 for small (640x480 JPEG) and large (12 megapixel JPEG) photos, batch sizes 1/8/32 and 1 or 4
 concurrent clients, with images/s, p50/p95 latency per request and the peak resident memory of
-the Executor process. Then the drift of the fast preprocessing mode, and memory against request size.
+the Executor process. Then the drift of the fast preprocessing mode (memory against request size
+is `memory.py`).
 
     python benchmarks/throughput.py --out benchmarks/RESULTS.md
 
@@ -25,7 +26,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -180,39 +180,6 @@ def fast_mode_drift(model_dir: Path, photos: list[bytes]) -> dict:
     return {"min": float(cosines.min()), "mean": float(cosines.mean()), "pixel": float(np.mean(pixel_diff))}
 
 
-MEMORY_PROBE = """
-import resource, sys, asyncio
-from io import BytesIO
-from docarray import DocList
-from PIL import Image
-from clip_image_encoder.executor import CLIPImageEncoder, ImageDocument
-model_dir, count, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-from skimage import data
-buffer = BytesIO(); Image.fromarray(data.astronaut()).resize((640, 480)).save(buffer, "JPEG"); jpeg = buffer.getvalue()
-encoder = CLIPImageEncoder(pretrained_model_name_or_path=model_dir, batch_size=batch)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-docs = DocList[ImageDocument]([ImageDocument(bytes_=jpeg) for _ in range(count)])
-asyncio.run(encoder.encode(docs=docs, parameters={}))
-assert all(d.embedding is not None for d in docs)
-print(before / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-"""
-
-
-def memory_against_request_size(model_dir: Path) -> list[tuple[int, int, float, float]]:
-    """Peak RSS of one request of N small photos: grows with batch size, not with N (decoded images)."""
-    rows = []
-    for count, batch in ((256, 32), (1024, 32), (256, 8), (256, 64)):
-        out = subprocess.run(
-            [sys.executable, "-c", MEMORY_PROBE, str(model_dir), str(count), str(batch)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
-        rows.append((count, batch, float(out[-2]), float(out[-1])))
-        print(f"memory: {count} docs, batch {batch}: {out[-2]} -> {out[-1]} MB", flush=True)
-    return rows
-
-
 def run(out: Path | None, batch_sizes: list[int], client_counts: list[int], set_names: list[str]) -> None:
     model_dir = make_vit_b32(Path(tempfile.mkdtemp()) / "vit-b32")
     photos, origin = source_photos()
@@ -243,14 +210,13 @@ def run(out: Path | None, batch_sizes: list[int], client_counts: list[int], set_
     if len(sets) < 2:
         return  # a partial run (a quick check) has no drift or memory section
     drift = fast_mode_drift(model_dir, sets["large 12 MP"])
-    memory = memory_against_request_size(model_dir)
-    report = render(rows, drift, memory, origin)
+    report = render(rows, drift, origin)
     print(report)
     if out:
         out.write_text(report)
 
 
-def render(rows: list, drift: dict, memory: list, origin: str) -> str:
+def render(rows: list, drift: dict, origin: str) -> str:
     ceilings = {(r[0], r[1]): r[4]["images_per_s"] for r in rows if r[2] == "-"}
     baselines = {(r[0], r[1], r[2]): r[4]["images_per_s"] for r in rows if r[3].startswith("baseline")}
     lines = [
@@ -283,12 +249,8 @@ def render(rows: list, drift: dict, memory: list, origin: str) -> str:
         f"Cosine of fast to exact embeddings: min {drift['min']:.5f}, mean {drift['mean']:.5f}; "
         f"mean absolute difference of the 224x224 model input: {drift['pixel']:.2f} grey levels of 255.",
         "",
-        "## Memory against request size (small photos, Executor in-process)",
-        "",
-        "| documents in one request | batch | RSS after load MB | peak RSS MB |",
-        "| --- | --- | --- | --- |",
+        "Memory against request size: `benchmarks/memory.py`, recorded in `MEMORY.md`.",
     ]
-    lines += [f"| {count} | {batch} | {before:.0f} | {peak:.0f} |" for count, batch, before, peak in memory]
     return "\n".join(lines) + "\n"
 
 

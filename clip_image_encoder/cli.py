@@ -24,9 +24,11 @@ import numpy as np
 from tqdm import tqdm
 
 from clip_image_encoder.decoding import DecodeLimits, ImageInputError
-from clip_image_encoder.encoding import PREPROCESSING_MODES, ImageEncoder
+from clip_image_encoder.encoding import PREPROCESSING_MODES, ImageEncoder, ImageItem
 from clip_image_encoder.model import configure_cpu_threads, load_model
 from clip_image_encoder.outputs import FORMATS, EmbeddingTable, read_embeddings, write_embeddings
+from clip_image_encoder.postprocessing import OUTPUT_DTYPES, OutputOptions
+from clip_image_encoder.preprocessing import ROTATIONS
 from clip_image_encoder.similarity import cosine_similarity
 
 CHECKPOINT_EVERY = 5000
@@ -38,12 +40,21 @@ _ENCODER_FLAGS = (
     "dtype",
     "batch_size",
     "normalize",
+    "quantize",
+    "embed_dim",
+    "output_dtype",
+    "rotation",
     "preprocessing",
     "num_workers",
     "num_threads",
     "max_image_pixels",
 )
-_CHOICES = {"preprocessing": PREPROCESSING_MODES, "dtype": ("auto", "float32", "float16", "bfloat16")}
+_CHOICES = {
+    "preprocessing": PREPROCESSING_MODES,
+    "dtype": ("auto", "float32", "float16", "bfloat16", "int8"),
+    "output_dtype": OUTPUT_DTYPES,
+    "rotation": tuple(ROTATIONS),
+}
 
 
 def _executor_defaults() -> dict[str, object]:
@@ -78,10 +89,13 @@ def _encoder_from(args: argparse.Namespace) -> ImageEncoder:
 
 
 def _encode_paths(encoder: ImageEncoder, paths: Sequence[Path], args: argparse.Namespace) -> Iterator:
+    output = OutputOptions(
+        normalize=args.normalize, quantize=args.quantize, embed_dim=args.embed_dim or None, dtype=args.output_dtype
+    )
     return encoder.encode(
-        (str(path) for path in paths),
+        (ImageItem(str(path), rotation=args.rotation) for path in paths),
         batch_size=args.batch_size,
-        normalize=args.normalize,
+        output=output,
         preprocessing=args.preprocessing,
     )
 

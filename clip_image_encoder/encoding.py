@@ -19,21 +19,35 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from clip_image_encoder.decoding import DecodeLimits, ImageInputError, ImageSource, load_image
 from clip_image_encoder.model import EmbeddingModel
+from clip_image_encoder.postprocessing import OutputOptions, apply_output_options
 from clip_image_encoder.preprocessing import (
     check_model_input,
     is_model_input,
     resize_and_crop,
+    select_view,
     to_model_input,
 )
-from clip_image_encoder.similarity import l2_normalize
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """A source with the part of it to embed."""
+
+    source: ImageSource | None
+    roi: tuple[int, int, int, int] | None = None
+    """(x, y, width, height) in pixels of the decoded, EXIF-oriented image; None for all of it."""
+    rotation: int = 0
+    """Degrees counter-clockwise, applied after the roi: 0, 90, 180 or 270."""
+
 
 EncodeResult = np.ndarray | ImageInputError
 """A ``(D,)`` float32 embedding, or the error of that one input."""
@@ -68,12 +82,17 @@ class ImageEncoder:
 
     def encode(
         self,
-        sources: Iterable[ImageSource | None],
+        sources: Iterable[ImageSource | ImageItem | None],
         batch_size: int = 32,
-        normalize: bool = False,
+        output: OutputOptions | None = None,
         preprocessing: str = "exact",
     ) -> Iterator[EncodeResult]:
         """Yield one result per source, in order."""
+        output = output or OutputOptions()
+        if output.embed_dim is not None and output.embed_dim > self.model.embedding_dim:
+            raise ValueError(
+                f"embed_dim={output.embed_dim} is larger than the model's {self.model.embedding_dim} dimensions"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if preprocessing not in PREPROCESSING_MODES:
@@ -84,30 +103,36 @@ class ImageEncoder:
             if self._batch_turn is not None:
                 with self._batch_turn:
                     futures = [self._pool.submit(self.prepare, source, fast) for source in batch]
-                    results = list(self._embed_batch(futures, normalize))
+                    results = list(self._embed_batch(futures, output))
                 yield from results
                 continue
             pending.append([self._pool.submit(self.prepare, source, fast) for source in batch])
             if len(pending) > self.prefetch_batches:
-                yield from self._embed_batch(pending.popleft(), normalize)
+                yield from self._embed_batch(pending.popleft(), output)
         while pending:
-            yield from self._embed_batch(pending.popleft(), normalize)
+            yield from self._embed_batch(pending.popleft(), output)
 
-    def prepare(self, source: ImageSource | None, fast: bool = False) -> np.ndarray:
+    def prepare(self, item: ImageSource | ImageItem | None, fast: bool = False) -> np.ndarray:
         """Decode and resize one source: ``(H, W, 3)`` uint8 pixels, or a checked ``(3, H, W)`` float32 model input."""
+        if not isinstance(item, ImageItem):
+            item = ImageItem(item)
         config = self.model.preprocess
-        if isinstance(source, np.ndarray) and is_model_input(source):
-            return check_model_input(source, config)
+        if isinstance(item.source, np.ndarray) and is_model_input(item.source):
+            if item.roi is not None or item.rotation:
+                raise ImageInputError("roi and rotation cannot apply to a preprocessed model input")
+            return check_model_input(item.source, config)
+        # JPEG draft decoding shrinks the image, so it is off when a roi gives full-size coordinates.
+        draft_size = config.draft_size if fast and item.roi is None else None
         try:
-            image = load_image(source, self.limits, draft_size=config.draft_size if fast else None)
-            return resize_and_crop(image, config, fast=fast)
+            image = load_image(item.source, self.limits, draft_size=draft_size)
+            return resize_and_crop(select_view(image, item.roi, item.rotation), config, fast=fast)
         except ImageInputError:
             raise
         except Exception as exc:  # a bug or an exotic file must still only fail its own input
             logger.exception("unexpected failure preparing an image")
             raise ImageInputError(f"image could not be preprocessed ({type(exc).__name__}: {exc})") from exc
 
-    def _embed_batch(self, futures: list[Future], normalize: bool) -> Iterator[EncodeResult]:
+    def _embed_batch(self, futures: list[Future], output: OutputOptions) -> Iterator[EncodeResult]:
         results: list[EncodeResult] = []
         for future in futures:
             try:
@@ -119,8 +144,7 @@ class ImageEncoder:
             try:
                 batch = [results[i] for i in ready]
                 embeddings = self._model_thread.submit(lambda: self.model.embed(self._assemble(batch))).result()
-                if normalize:
-                    embeddings = l2_normalize(embeddings)
+                embeddings = apply_output_options(embeddings, output)
                 for row, index in enumerate(ready):
                     results[index] = embeddings[row]
             except Exception as exc:  # the model failing one batch must not end the service
@@ -146,7 +170,7 @@ class ImageEncoder:
         self._model_thread.shutdown(wait=True, cancel_futures=True)
 
 
-def _batched(items: Iterable[ImageSource | None], size: int) -> Iterator[list[ImageSource | None]]:
+def _batched(items: Iterable[ImageSource | ImageItem | None], size: int) -> Iterator[list]:
     """Lazy fixed-size chunks (``itertools.batched`` needs Python 3.12)."""
     iterator = iter(items)
     while batch := list(itertools.islice(iterator, size)):

@@ -60,7 +60,8 @@ class PreprocessConfig:
             shortest_edge=size.get("shortest_edge"),
             size=(size["height"], size["width"]) if "height" in size else None,
             resample=Image.Resampling(config.get("resample", defaults.resample)),
-            do_center_crop=config.get("do_center_crop", True),
+            # Processors without a crop step (ViT, SigLIP) have neither key: then there is no crop.
+            do_center_crop=config.get("do_center_crop", "crop_size" in config),
             crop_size=(crop["height"], crop["width"]),
             do_rescale=config.get("do_rescale", True),
             rescale_factor=config.get("rescale_factor", defaults.rescale_factor),
@@ -89,6 +90,38 @@ class PreprocessConfig:
         """Smallest side the fast mode lets the JPEG decoder shrink an image to."""
         target = self.shortest_edge or max(self.size or self.crop_size)
         return FAST_DRAFT_FACTOR * target
+
+
+ROTATIONS = {
+    0: None,
+    90: Image.Transpose.ROTATE_90,
+    180: Image.Transpose.ROTATE_180,
+    270: Image.Transpose.ROTATE_270,
+}
+"""Explicit rotations, in degrees counter-clockwise (as ``numpy.rot90`` and ``Image.rotate``)."""
+
+
+def select_view(image: Image.Image, roi: tuple[int, int, int, int] | None = None, rotation: int = 0) -> Image.Image:
+    """Crop to a region of interest, then rotate: what the client asked to embed of the image.
+
+    ``roi`` is ``(x, y, width, height)`` in pixels of the image as displayed (EXIF orientation
+    already applied); ``rotation`` is 0, 90, 180 or 270 degrees counter-clockwise.
+    """
+    if rotation not in ROTATIONS:
+        raise ImageInputError(f"rotation {rotation} is not one of 0, 90, 180, 270")
+    if roi is not None:
+        if len(roi) != 4:
+            raise ImageInputError(f"roi {list(roi)} must be [x, y, width, height]")
+        x, y, width, height = (int(v) for v in roi)
+        if width <= 0 or height <= 0:
+            raise ImageInputError(f"roi {list(roi)} is empty: width and height must be positive")
+        if x < 0 or y < 0 or x + width > image.width or y + height > image.height:
+            raise ImageInputError(
+                f"roi {list(roi)} (x, y, width, height) reaches outside the {image.width}x{image.height} image"
+            )
+        image = image.crop((x, y, x + width, y + height))
+    transpose = ROTATIONS[rotation]
+    return image if transpose is None else image.transpose(transpose)
 
 
 def resize_and_crop(image: Image.Image, config: PreprocessConfig, fast: bool = False) -> np.ndarray:

@@ -158,3 +158,16 @@ def test_uncached_hub_model_offline_says_how_to_provide_it(monkeypatch, tmp_path
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="mount a Hugging Face cache"):
         CLIPImageEncoder(pretrained_model_name_or_path="openai/clip-vit-base-patch32")
+
+
+def test_int8_dynamic_quantisation_stays_close_to_float32(tiny_model_dir, photos):
+    quantized = CLIPImageEncoder(pretrained_model_name_or_path=str(tiny_model_dir), dtype="int8")
+    float32 = CLIPImageEncoder(pretrained_model_name_or_path=str(tiny_model_dir))
+
+    def docs() -> list[ImageDocument]:
+        return [ImageDocument(tensor=photo) for photo in photos.values()]
+
+    for a, b in zip(embed(quantized, docs()), embed(float32, docs()), strict=True):
+        assert cosine(a.embedding, b.embedding) >= 0.99
+    quantized.close()
+    float32.close()

@@ -1,0 +1,84 @@
+"""Backbones beyond CLIP: Hugging Face SigLIP, DINOv2 and ViT folders, and the packaged EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import cosine, encode_image
+from PIL import Image
+from transformers import (
+    AutoModel,
+    BitImageProcessorPil,
+    Dinov2Config,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+    ViTConfig,
+    ViTImageProcessorPil,
+)
+
+from clip_image_encoder.decoding import DecodeLimits
+from clip_image_encoder.encoding import ImageEncoder
+from clip_image_encoder.model import load_model
+
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+HUB_FAMILIES = {
+    "siglip": (SiglipVisionModel, SiglipVisionConfig(image_size=224, patch_size=32, **TINY), SiglipImageProcessorPil),
+    "dinov2": (AutoModel, Dinov2Config(image_size=224, patch_size=32, **TINY), BitImageProcessorPil),
+    "vit": (AutoModel, ViTConfig(image_size=224, patch_size=32, **TINY), ViTImageProcessorPil),
+}
+
+
+def reference_embedding(family: str, folder: Path, image: Image.Image) -> np.ndarray:
+    model_class, _, processor_class = HUB_FAMILIES[family]
+    model = model_class.from_pretrained(folder).eval()
+    pixel_values = processor_class.from_pretrained(folder)(images=[image], return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        output = model(pixel_values=pixel_values)
+    pooled = output.last_hidden_state[:, 0] if family == "vit" else output.pooler_output
+    return pooled[0].numpy()
+
+
+@pytest.mark.parametrize("family", sorted(HUB_FAMILIES))
+def test_hugging_face_backbone_matches_its_own_processor_and_model(family, tmp_path, photos):
+    model_class, config, processor_class = HUB_FAMILIES[family]
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config) if model_class is AutoModel else model_class(config)
+    model.save_pretrained(tmp_path)
+    processor_class().save_pretrained(tmp_path)
+    encoder = ImageEncoder(load_model(str(tmp_path), device="cpu"), DecodeLimits())
+    image = Image.fromarray(photos["chelsea"])
+    (ours,) = list(encoder.encode([photos["chelsea"]]))
+    encoder.close()
+    assert ours.shape == (32,)
+    assert cosine(ours, reference_embedding(family, tmp_path, image)) >= 0.99999
+
+
+@pytest.fixture(scope="module")
+def efficientnet() -> ImageEncoder:
+    encoder = ImageEncoder(load_model("efficientnet-lite0", device="cpu"), DecodeLimits())
+    yield encoder
+    encoder.close()
+
+
+def test_packaged_efficientnet_loads_offline_with_1280_dimensions(efficientnet, photos):
+    (embedding,) = list(efficientnet.encode([photos["coffee"]]))
+    assert embedding.shape == (1280,) and embedding.dtype == np.float32
+    assert np.isfinite(embedding).all() and np.linalg.norm(embedding) > 0
+
+
+def test_packaged_efficientnet_ranks_an_edited_copy_above_unrelated_photos(efficientnet, photos):
+    names = sorted(photos)
+    originals = dict(zip(names, efficientnet.encode([photos[n] for n in names]), strict=True))
+    for name in ("astronaut", "chelsea", "coffee"):
+        image = Image.fromarray(photos[name])
+        width, height = image.size
+        edited = image.crop((width // 8, height // 8, width - width // 8, height - height // 8)).resize(
+            (width // 2, height // 2)
+        )
+        (query,) = list(efficientnet.encode([encode_image(edited, "JPEG", quality=40)]))
+        ranked = sorted(names, key=lambda other: -cosine(query, originals[other]))
+        assert ranked[0] == name, (name, ranked)
