@@ -145,7 +145,7 @@ def embed_folder(args: argparse.Namespace) -> int:
         report = out.with_name(out.name + ".errors.csv")
         with report.open("w", newline="") as handle:
             csv.writer(handle).writerows([("filename", "error"), *errors])
-        print(f"{len(errors)} files could not be embedded; see {report}")
+        print(f"{len(errors)} file{'s' if len(errors) != 1 else ''} could not be embedded; see {report}")
     return 0
 
 

@@ -117,3 +117,39 @@ def test_jina_executor_cli_serves_from_config_yml(tiny_model_dir, photos):
         # SIGINT to the whole group: SIGTERM leaves Jina's child process serving on the port.
         os.killpg(server.pid, signal.SIGINT)
         server.wait(timeout=60)
+
+
+def test_search_flow_indexes_then_finds_the_original_of_an_edited_photo(tiny_model_dir, photos, tmp_path):
+    from clip_image_encoder.executor import ImageMatch
+    from clip_image_encoder.indexer import ImageIndexer
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, photo in photos.items():
+        Image.fromarray(photo).save(folder / f"{name}.png")
+    flow = (
+        Flow(port=free_port())
+        .add(uses=CLIPImageEncoder, uses_with={"pretrained_model_name_or_path": str(tiny_model_dir)})
+        .add(uses=ImageIndexer, uses_with={"db": str(tmp_path / "db")})
+    )
+    indexed = DocList[ImageDocument]([ImageDocument(url=str(path)) for path in sorted(folder.iterdir())])
+    edited = Image.fromarray(photos["coffee"]).resize((300, 200))
+    with flow:
+        for _ in range(2):  # indexing twice must not duplicate
+            flow.post("/index", inputs=indexed, return_type=DocList[ImageDocument])
+        (answer,) = flow.post(
+            "/search",
+            inputs=DocList[ImageDocument]([ImageDocument(tensor=np.asarray(edited))]),
+            parameters={"k": 10},
+            return_type=DocList[ImageDocument],
+        )
+    keys = [match.key for match in answer.matches]
+    assert isinstance(answer.matches[0], ImageMatch)
+    assert len(keys) == len(photos) == len(set(keys))
+    assert keys[0] == str(folder / "coffee.png")
+    assert answer.matches[0].score > answer.matches[1].score
+
+
+def test_flow_yml_describes_the_encoder_and_the_indexer():
+    flow = Flow.load_config(str(REPO / "flow.yml"))
+    assert [name for name in flow._deployment_nodes if name != "gateway"] == ["encoder", "indexer"]
