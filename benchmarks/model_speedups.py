@@ -1,7 +1,8 @@
 """Model-level cpu speed-ups, each against the float32 eager model in one run: speed and embedding drift.
 
 Variants: SDPA attention (transformers' default) against eager attention, ``torch.compile``,
-``torch.ao`` dynamic int8 quantisation of the linear layers, and bfloat16 weights. The inputs are
+``torch.ao`` dynamic int8 quantisation of the linear layers, bfloat16 weights, and the exported
+ONNX model on onnxruntime (the ``backend: onnx`` path). The inputs are
 real photos preprocessed exactly; drift is the cosine of each variant's embeddings to float32 eager.
 
     python benchmarks/model_speedups.py --out benchmarks/MODEL_SPEEDUPS.md
@@ -23,8 +24,10 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 from sklearn.datasets import load_sample_images
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from clip_image_encoder.export import export_model, load_onnx_model
+from clip_image_encoder.model import load_model
 from clip_image_encoder.preprocessing import PreprocessConfig, resize_and_crop, to_model_input
 
 
@@ -72,6 +75,11 @@ def main() -> None:
     variants["bfloat16 weights"] = lambda x: bf16(pixel_values=x.to(torch.bfloat16)).image_embeds.float()
     compiled = torch.compile(sdpa)
     variants["torch.compile (inductor)"] = lambda x: compiled(pixel_values=x).image_embeds
+    CLIPImageProcessorPil().save_pretrained(folder)
+    onnx_folder = folder.parent / "onnx"
+    export_model(load_model(str(folder), device="cpu", dtype="float32"), "onnx", onnx_folder)
+    onnx = load_onnx_model(str(onnx_folder), torch.device("cpu"))
+    variants["onnxruntime, exported ONNX (backend: onnx)"] = onnx.forward
 
     with torch.inference_mode():
         reference = eager(pixel_values=batch).image_embeds.numpy()

@@ -5,6 +5,7 @@
     clip-image-encoder index DATA --db DIR
     clip-image-encoder search QUERY.jpg --db DIR -k 10
     clip-image-encoder serve [--port 51000] [--search --db DIR]
+    clip-image-encoder export --format onnx|torchscript --out DIR
 
 Every command uses the same encoding pipeline as the Executor; the encoder flags are read from
 the Executor's own arguments, so their names and defaults cannot drift apart.
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from clip_image_encoder.decoding import DecodeLimits, ImageInputError
 from clip_image_encoder.encoding import PREPROCESSING_MODES, ImageEncoder, ImageItem
-from clip_image_encoder.model import configure_cpu_threads, load_model
+from clip_image_encoder.model import BACKENDS, configure_cpu_threads, load_model
 from clip_image_encoder.outputs import FORMATS, EmbeddingTable, read_embeddings, write_embeddings
 from clip_image_encoder.postprocessing import OUTPUT_DTYPES, OutputOptions
 from clip_image_encoder.preprocessing import ROTATIONS
@@ -38,6 +39,7 @@ _ENCODER_FLAGS = (
     "pretrained_model_name_or_path",
     "device",
     "dtype",
+    "backend",
     "batch_size",
     "normalize",
     "quantize",
@@ -53,6 +55,7 @@ _CHOICES = {
     "preprocessing": PREPROCESSING_MODES,
     "dtype": ("auto", "float32", "float16", "bfloat16", "int8"),
     "output_dtype": OUTPUT_DTYPES,
+    "backend": BACKENDS,
     "rotation": tuple(ROTATIONS),
 }
 
@@ -84,7 +87,7 @@ def _model_identity(name_or_path: str) -> str:
 
 def _encoder_from(args: argparse.Namespace) -> ImageEncoder:
     configure_cpu_threads(args.num_threads)
-    model = load_model(args.pretrained_model_name_or_path, device=args.device, dtype=args.dtype)
+    model = load_model(args.pretrained_model_name_or_path, device=args.device, dtype=args.dtype, backend=args.backend)
     return ImageEncoder(model, DecodeLimits(max_image_pixels=args.max_image_pixels), num_workers=args.num_workers)
 
 
@@ -228,6 +231,17 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    from clip_image_encoder.export import export_model
+
+    model = load_model(args.pretrained_model_name_or_path, device="cpu", dtype="float32")
+    target = export_model(model, args.format, Path(args.out))
+    print(f"exported {args.pretrained_model_name_or_path} as {args.format} to {target}")
+    if args.format == "onnx":
+        print(f"serve it with: --backend onnx --model {args.out}")
+    return 0
+
+
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -265,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("-k", type=int, default=10, help="how many results")
     _add_encoder_flags(find)
     find.set_defaults(handler=search)
+
+    exporter = commands.add_parser("export", help="export the model to ONNX or TorchScript (a loadable folder)")
+    exporter.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    exporter.add_argument("--out", required=True, help="output folder")
+    _add_encoder_flags(exporter, ["pretrained_model_name_or_path"])
+    exporter.set_defaults(handler=export)
 
     server = commands.add_parser("serve", help="serve the Executor (or the search Flow) with config.yml's arguments")
     server.add_argument("--port", type=int, default=51000)

@@ -62,6 +62,7 @@ class CLIPImageEncoder(Executor):
         pretrained_model_name_or_path: str = DEFAULT_MODEL,
         device: str = "auto",
         dtype: str = "auto",
+        backend: str = "torch",
         batch_size: int = 32,
         normalize: bool = False,
         quantize: bool = False,
@@ -85,6 +86,8 @@ class CLIPImageEncoder(Executor):
         :param dtype: ``auto`` (float16 on cuda, float32 on cpu), ``float32``, ``float16``,
             ``bfloat16``, or ``int8`` (cpu: dynamic int8 quantisation of the linear layers, about
             1.4x faster, cosine to float32 >= 0.9995). Embeddings are float32 whatever it is.
+        :param backend: ``torch``, or ``onnx`` to serve a folder made by ``clip-image-encoder export
+            --format onnx`` with onnxruntime (its CUDA provider on cuda when onnxruntime-gpu is installed).
         :param batch_size: images per forward pass; per request as ``parameters['batch_size']``.
         :param normalize: l2-normalise embeddings; per request as ``parameters['normalize']``.
         :param quantize: int8 embeddings, ``round(127 * v / |v|)``, so ``dot(a, b) / 127**2`` is
@@ -116,7 +119,7 @@ class CLIPImageEncoder(Executor):
             "preprocessing": preprocessing,
         }
         configure_cpu_threads(num_threads, replicas=getattr(self.runtime_args, "replicas", 1))
-        model = load_model(pretrained_model_name_or_path, device=device, dtype=dtype)
+        model = load_model(pretrained_model_name_or_path, device=device, dtype=dtype, backend=backend)
         model.warm_up()
         limits = DecodeLimits(max_image_pixels=max_image_pixels, allow_remote_uris=allow_remote_uris)
         self.encoder = ImageEncoder(model, limits, num_workers=num_workers)

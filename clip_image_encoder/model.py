@@ -140,18 +140,29 @@ def configure_cpu_threads(num_threads: int, replicas: int = 1) -> int:
     return num_threads
 
 
+BACKENDS = ("torch", "onnx")
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     device: str = "auto",
     dtype: str = "auto",
+    backend: str = "torch",
     **hub_kwargs: Any,
 ) -> EmbeddingModel:
     """Load a backbone and its preprocessing: a packaged backbone's name, a hub name or a local folder.
 
     The Hugging Face cache (``HF_HOME``) and offline mode (``HF_HUB_OFFLINE=1``) are honoured
-    through ``from_pretrained``; remote code is never trusted.
+    through ``from_pretrained``; remote code is never trusted. ``backend='onnx'`` serves a folder
+    made by ``clip-image-encoder export --format onnx`` with onnxruntime instead.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     torch_device = resolve_device(device)
+    if backend == "onnx":
+        from clip_image_encoder.export import load_onnx_model
+
+        return load_onnx_model(name_or_path, torch_device)
     quantize_linear = dtype == "int8"
     if quantize_linear and torch_device.type != "cpu":
         raise ValueError("dtype int8 (dynamic quantisation of linear layers) runs on cpu only")

@@ -76,6 +76,26 @@ class PreprocessConfig:
         config, _ = ImageProcessingMixin.get_image_processor_dict(name_or_path, **hub_kwargs)
         return cls.from_dict(config)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The config in ``preprocessor_config.json`` keys, so that ``from_pretrained`` reads it back."""
+        if self.shortest_edge is not None:
+            size: dict[str, int] = {"shortest_edge": self.shortest_edge}
+        else:
+            height, width = self.size or self.crop_size
+            size = {"height": height, "width": width}
+        return {
+            "do_resize": self.do_resize,
+            "size": size,
+            "resample": int(self.resample),
+            "do_center_crop": self.do_center_crop,
+            "crop_size": {"height": self.crop_size[0], "width": self.crop_size[1]},
+            "do_rescale": self.do_rescale,
+            "rescale_factor": self.rescale_factor,
+            "do_normalize": self.do_normalize,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+        }
+
     @property
     def output_size(self) -> tuple[int, int]:
         """(height, width) of the model input that this config produces."""
