@@ -84,8 +84,8 @@ class CLIPImageEncoder(Executor):
             ``HF_HUB_OFFLINE=1`` are honoured.
         :param device: ``auto`` (cuda when present, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
         :param dtype: ``auto`` (float16 on cuda, float32 on cpu), ``float32``, ``float16``,
-            ``bfloat16``, or ``int8`` (cpu: dynamic int8 quantisation of the linear layers, about
-            1.4x faster, cosine to float32 >= 0.9995). Embeddings are float32 whatever it is.
+            ``bfloat16``, or ``int8`` (cpu: dynamic int8 quantisation of the linear layers, 1.4-1.6x
+            faster, cosine to float32 >= 0.9995). Embeddings are float32 whatever it is.
         :param backend: ``torch``, or ``onnx`` to serve a folder made by ``clip-image-encoder export
             --format onnx`` with onnxruntime (its CUDA provider on cuda when onnxruntime-gpu is installed).
         :param batch_size: images per forward pass; per request as ``parameters['batch_size']``.

@@ -93,9 +93,12 @@ def test_flow_embeds_good_documents_and_reports_broken_ones(tiny_model_dir, phot
     assert np.linalg.norm(np.asarray(again[0].embedding)) == pytest.approx(1, abs=1e-5)
 
 
-def test_jina_executor_cli_serves_from_config_yml(tiny_model_dir, photos):
+@pytest.mark.parametrize("model", ["tiny-clip-folder", "efficientnet-lite0"])
+def test_jina_executor_cli_serves_from_config_yml(tiny_model_dir, photos, model):
+    """The README's main command, offline: a local CLIP folder, and the packaged backbone."""
     port = free_port()
-    uses_with = json.dumps({"pretrained_model_name_or_path": str(tiny_model_dir)})
+    name = str(tiny_model_dir) if model == "tiny-clip-folder" else model
+    uses_with = json.dumps({"pretrained_model_name_or_path": name})
     jina_cli = Path(sys.executable).with_name("jina")
     server = subprocess.Popen(
         [str(jina_cli), "executor", "--uses", "config.yml", "--port", str(port), "--uses-with", uses_with],
@@ -111,7 +114,7 @@ def test_jina_executor_cli_serves_from_config_yml(tiny_model_dir, photos):
             inputs=DocList[ImageDocument]([ImageDocument(tensor=photos["coffee"]), ImageDocument()]),
             return_type=DocList[ImageDocument],
         )
-        assert np.asarray(answer[0].embedding).shape == (16,)
+        assert np.asarray(answer[0].embedding).shape == ((16,) if model == "tiny-clip-folder" else (1280,))
         assert "no image" in answer[1].error
     finally:
         # SIGINT to the whole group: SIGTERM leaves Jina's child process serving on the port.
