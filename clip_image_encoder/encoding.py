@@ -56,7 +56,7 @@ PREPROCESSING_MODES = ("exact", "fast")
 
 
 class ImageEncoder:
-    """Embeds image sources in batches with the decode of batch k+1 overlapping the model on batch k."""
+    """Embeds image sources in batches; on cuda, decoding of the next batches overlaps the model on this one."""
 
     def __init__(
         self,
