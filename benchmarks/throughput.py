@@ -21,6 +21,7 @@ Large photos come from Debian's ``mate-backgrounds`` wallpapers when installed
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import platform
@@ -131,11 +132,15 @@ def descendants_peak_rss_mb() -> float:
     return peak / 1024
 
 
+MIN_IMAGES = 64
+"""Each cell sends at least this many images (at least one request per client); ``--min-images`` sets it."""
+
+
 def measure_served(executor: type, uses_with: dict, photos: list[bytes], batch_size: int, clients: int) -> dict:
     """Serve one Executor in a Flow over gRPC; each client thread posts requests of ``batch_size`` photos."""
     port = 52000 + (os.getpid() % 1000)
     flow = Flow(port=port).add(uses=executor, uses_with={**uses_with, "batch_size": batch_size})
-    requests_per_client = max(1, math.ceil(64 / (clients * batch_size)))
+    requests_per_client = max(1, math.ceil(MIN_IMAGES / (clients * batch_size)))
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -180,7 +185,9 @@ def fast_mode_drift(model_dir: Path, photos: list[bytes]) -> dict:
     return {"min": float(cosines.min()), "mean": float(cosines.mean()), "pixel": float(np.mean(pixel_diff))}
 
 
-def run(out: Path | None, batch_sizes: list[int], client_counts: list[int], set_names: list[str]) -> None:
+def run(
+    out: Path | None, batch_sizes: list[int], client_counts: list[int], set_names: list[str], repeat: int = 1
+) -> None:
     model_dir = make_vit_b32(Path(tempfile.mkdtemp()) / "vit-b32")
     photos, origin = source_photos()
     sets = {"small 640x480": jpeg_set(photos, SMALL, 64), "large 12 MP": jpeg_set(photos, LARGE, 24)}
@@ -197,7 +204,7 @@ def run(out: Path | None, batch_sizes: list[int], client_counts: list[int], set_
             ceiling = measure_ceiling(model_dir, batch_size, 64)
             rows.append((set_name, batch_size, "-", "ceiling (model only)", ceiling))
             print(f"{set_name} b{batch_size} ceiling {ceiling['images_per_s']:.1f} img/s", flush=True)
-            for clients in client_counts:
+            for clients, _ in itertools.product(client_counts, range(repeat)):  # repeats interleave systems
                 for system_name, measure in systems:
                     if system_name == "ours fast" and set_name.startswith("small"):
                         continue  # draft decoding cannot shrink 640x480 below twice the 224 target
@@ -207,16 +214,14 @@ def run(out: Path | None, batch_sizes: list[int], client_counts: list[int], set_
                         f"{set_name} b{batch_size} c{clients} {system_name} {result['images_per_s']:.1f} img/s",
                         flush=True,
                     )
-    if len(sets) < 2:
-        return  # a partial run (a quick check) has no drift or memory section
-    drift = fast_mode_drift(model_dir, sets["large 12 MP"])
+    drift = fast_mode_drift(model_dir, sets["large 12 MP"]) if "large 12 MP" in sets else None
     report = render(rows, drift, origin)
     print(report)
     if out:
         out.write_text(report)
 
 
-def render(rows: list, drift: dict, origin: str) -> str:
+def render(rows: list, drift: dict | None, origin: str) -> str:
     ceilings = {(r[0], r[1]): r[4]["images_per_s"] for r in rows if r[2] == "-"}
     baselines = {(r[0], r[1], r[2]): r[4]["images_per_s"] for r in rows if r[3].startswith("baseline")}
     lines = [
@@ -226,7 +231,7 @@ def render(rows: list, drift: dict, origin: str) -> str:
         f"{torch.get_num_threads()} torch threads, float32, cpu. Model: ViT-B/32-shaped CLIP vision tower, "
         f"random weights. Photos: {origin}, re-encoded as JPEG quality 90.",
         "",
-        "Command: `python benchmarks/throughput.py --out benchmarks/RESULTS.md`",
+        f"Command: `python benchmarks/throughput.py {' '.join(sys.argv[1:])}`",
         "",
         "| photos | batch | clients | system | images/s | p50 ms | p95 ms | peak RSS MB | / ceiling | / baseline |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -242,15 +247,15 @@ def render(rows: list, drift: dict, origin: str) -> str:
             f"| {set_name} | {batch} | {clients} | {system} | {speed:.1f} | {statistics.median(lat) * 1000:.0f} "
             f"| {percentile(lat, 0.95) * 1000:.0f} | {rss} | {vs_ceiling} | {vs_base} |"
         )
-    lines += [
-        "",
-        "## Fast preprocessing drift (large photos)",
-        "",
-        f"Cosine of fast to exact embeddings: min {drift['min']:.5f}, mean {drift['mean']:.5f}; "
-        f"mean absolute difference of the 224x224 model input: {drift['pixel']:.2f} grey levels of 255.",
-        "",
-        "Memory against request size: `benchmarks/memory.py`, recorded in `MEMORY.md`.",
-    ]
+    if drift is not None:
+        lines += [
+            "",
+            "## Fast preprocessing drift (large photos)",
+            "",
+            f"Cosine of fast to exact embeddings: min {drift['min']:.5f}, mean {drift['mean']:.5f}; "
+            f"mean absolute difference of the 224x224 model input: {drift['pixel']:.2f} grey levels of 255.",
+        ]
+    lines += ["", "Memory against request size: `benchmarks/memory.py`, recorded in `MEMORY.md`."]
     return "\n".join(lines) + "\n"
 
 
@@ -260,9 +265,13 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--sets", nargs="+", choices=("small", "large"), default=["small", "large"])
+    parser.add_argument("--min-images", type=int, default=MIN_IMAGES, help="images per cell, at least")
+    parser.add_argument("--repeat", type=int, default=1, help="measure every served cell this many times")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    run(args.out, args.batch_sizes, args.clients, args.sets)
+    global MIN_IMAGES
+    MIN_IMAGES = args.min_images
+    run(args.out, args.batch_sizes, args.clients, args.sets, args.repeat)
     print(f"benchmark process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
