@@ -260,6 +260,7 @@ def render(rows: list, drift: dict | None, origin: str) -> str:
 
 
 def main() -> None:
+    global MIN_IMAGES
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="write the Markdown report here")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
@@ -269,7 +270,6 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="measure every served cell this many times")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    global MIN_IMAGES
     MIN_IMAGES = args.min_images
     run(args.out, args.batch_sizes, args.clients, args.sets, args.repeat)
     print(f"benchmark process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

