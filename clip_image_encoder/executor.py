@@ -70,6 +70,7 @@ class CLIPImageEncoder(Executor):
         output_dtype: str = "float32",
         rotation: int = 0,
         overwrite_embeddings: bool = False,
+        keep_image_data: bool = True,
         preprocessing: str = "exact",
         num_workers: int = 2,
         num_threads: int = 0,
@@ -99,6 +100,9 @@ class CLIPImageEncoder(Executor):
             ``rotation`` is None, on top of EXIF orientation; per request.
         :param overwrite_embeddings: re-embed Documents that already carry an embedding; per
             request as ``parameters['overwrite_embeddings']``.
+        :param keep_image_data: send ``bytes_`` and ``tensor`` back with the embedding; off, the
+            response carries only ids, urls, embeddings and errors (large photos: far less to
+            serialise); per request.
         :param preprocessing: ``exact`` (equal to the Hugging Face processor) or ``fast``
             (reduced-size JPEG decoding, much faster on large photos); per request as
             ``parameters['preprocessing']``.
@@ -117,6 +121,7 @@ class CLIPImageEncoder(Executor):
             "output_dtype": output_dtype,
             "rotation": rotation,
             "overwrite_embeddings": overwrite_embeddings,
+            "keep_image_data": keep_image_data,
             "preprocessing": preprocessing,
         }
         configure_cpu_threads(num_threads, replicas=getattr(self.runtime_args, "replicas", 1))
@@ -167,6 +172,10 @@ class CLIPImageEncoder(Executor):
             else:
                 doc.embedding = result
                 doc.error = None
+        if not options["keep_image_data"]:
+            for doc in docs:
+                doc.bytes_ = None
+                doc.tensor = None
 
     def _request_options(self, parameters: dict) -> dict[str, Any]:
         unknown = set(parameters) - set(self.defaults)

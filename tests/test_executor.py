@@ -171,3 +171,13 @@ def test_int8_dynamic_quantisation_stays_close_to_float32(tiny_model_dir, photos
         assert cosine(a.embedding, b.embedding) >= 0.99
     quantized.close()
     float32.close()
+
+
+def test_image_data_can_be_left_out_of_the_response(executor, photos):
+    png = encode_image(Image.fromarray(photos["coffee"]), "PNG")
+    docs = [ImageDocument(bytes_=png), ImageDocument(tensor=photos["rocket"]), ImageDocument(bytes_=b"broken")]
+    kept = embed(executor, [d.model_copy() for d in docs])
+    assert kept[0].bytes_ == png and kept[1].tensor is not None
+    dropped = embed(executor, docs, keep_image_data=False)
+    assert all(d.bytes_ is None and d.tensor is None for d in dropped)
+    assert dropped[0].embedding is not None and dropped[1].embedding is not None and dropped[2].error
