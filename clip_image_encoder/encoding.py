@@ -8,14 +8,14 @@ size, not with the input.
 When the model runs on a GPU, decoding of the next batches overlaps the model's work on this
 one. On the cpu the model already uses every core, and overlapping would only make decode
 threads and torch threads fight over them (measured: slower than not overlapping), so there a
-batch is decoded on all cores, then embedded on all cores, one batch at a time in the process.
+batch is decoded on all cores, then embedded on all cores; callers that run several encodes at
+once on the cpu should take them in turn (the Executor does, per request).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -77,8 +77,6 @@ class ImageEncoder:
         # Every torch op runs on this one thread: torch keeps an OpenMP team per calling thread, and
         # forwards arriving from many request threads made several teams spin against each other.
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        # Without prefetch, concurrent requests take turns per batch rather than decode beside the model.
-        self._batch_turn = None if self.overlaps else threading.Lock()
 
     def encode(
         self,
@@ -100,12 +98,6 @@ class ImageEncoder:
         fast = preprocessing == "fast"
         pending: deque[list[Future]] = deque()
         for batch in _batched(sources, batch_size):
-            if self._batch_turn is not None:
-                with self._batch_turn:
-                    futures = [self._pool.submit(self.prepare, source, fast) for source in batch]
-                    results = list(self._embed_batch(futures, output))
-                yield from results
-                continue
             pending.append([self._pool.submit(self.prepare, source, fast) for source in batch])
             if len(pending) > self.prefetch_batches:
                 yield from self._embed_batch(pending.popleft(), output)

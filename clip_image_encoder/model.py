@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +80,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 class EmbeddingModel:
-    """A loaded backbone with its preprocessing: ``(N, 3, H, W)`` float32 in, ``(N, D)`` float32 out."""
+    """A loaded backbone with its preprocessing: ``(N, 3, H, W)`` float32 in, ``(N, D)`` float32 out.
+
+    Not thread-safe by itself: `ImageEncoder` runs every call on its one model thread.
+    """
 
     def __init__(
         self,
@@ -99,8 +101,6 @@ class EmbeddingModel:
         self.preprocess = preprocess
         self.device = device
         self.dtype = dtype
-        # One forward at a time: concurrent callers overlap their decoding with it, not their matmuls.
-        self._forward_lock = threading.Lock()
 
     @torch.inference_mode()
     def embed(self, pixel_values: torch.Tensor) -> np.ndarray:
@@ -118,9 +118,8 @@ class EmbeddingModel:
     def _forward(self, pixel_values: torch.Tensor) -> np.ndarray:
         if self.device.type == "cuda":
             pixel_values = pixel_values.pin_memory()
-        with self._forward_lock:
-            inputs = pixel_values.to(self.device, dtype=self.dtype, non_blocking=True)
-            return self.forward(inputs).float().cpu().numpy()
+        inputs = pixel_values.to(self.device, dtype=self.dtype, non_blocking=True)
+        return self.forward(inputs).float().cpu().numpy()
 
     def warm_up(self) -> None:
         """One forward pass at start, so that the first request does not pay for lazy initialisation."""
