@@ -21,8 +21,10 @@ Large photos come from Debian's ``mate-backgrounds`` wallpapers when installed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import math
+import multiprocessing
 import os
 import platform
 import resource
@@ -31,7 +33,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -56,7 +59,7 @@ from seed_executor import SeedStyleEncoder
 from clip_image_encoder.decoding import DecodeLimits
 from clip_image_encoder.encoding import ImageEncoder
 from clip_image_encoder.executor import CLIPImageEncoder, ImageDocument
-from clip_image_encoder.model import load_model
+from clip_image_encoder.model import configure_cpu_threads, load_model
 
 WALLPAPERS = Path("/usr/share/backgrounds/mate")
 SMALL, LARGE = (640, 480), (4000, 3000)
@@ -100,65 +103,123 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-def measure_ceiling(model_dir: Path, batch_size: int, images: int) -> dict:
-    model = load_model(str(model_dir), device="cpu")
+class CeilingProcess:
+    """The model alone in its own process, set up as the Executor sets up its own (``configure_cpu_threads``).
+
+    It stays loaded for the whole run, idle while the served systems are measured, so that every
+    round measures the ceiling right beside them.
+    """
+
+    def __init__(self, model_dir: Path) -> None:
+        self._pool = ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_load_ceiling_model,
+            initargs=(str(model_dir),),
+        )
+
+    def measure(self, batch_size: int, images: int) -> dict:
+        return self._pool.submit(_time_forwards, batch_size, images).result()
+
+    def __enter__(self) -> CeilingProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown()
+
+
+_ceiling_model = None
+
+
+def _load_ceiling_model(model_dir: str) -> None:
+    global _ceiling_model
+    configure_cpu_threads(0)
+    _ceiling_model = load_model(model_dir, device="cpu")
+
+
+def _time_forwards(batch_size: int, images: int) -> dict:
     batch = torch.randn(batch_size, 3, 224, 224)
-    model.embed(batch)
+    _ceiling_model.embed(batch)
     latencies = []
     for _ in range(max(1, images // batch_size)):
         start = time.perf_counter()
-        model.embed(batch)
+        _ceiling_model.embed(batch)
         latencies.append(time.perf_counter() - start)
     return {"images_per_s": batch_size * len(latencies) / sum(latencies), "latencies": latencies, "rss_mb": None}
 
 
-def descendants_peak_rss_mb() -> float:
-    """Largest VmHWM (peak resident memory) among this process's descendants: the Executor's process."""
-    peak, todo = 0, [os.getpid()]
+def descendant_pids() -> set[int]:
+    found, todo = set(), [os.getpid()]
     while todo:
         pid = todo.pop()
         try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         except OSError:
             continue
-        for child in map(int, children):
-            todo.append(child)
-            try:
-                for line in Path(f"/proc/{child}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak = max(peak, int(line.split()[1]))
-            except OSError:
-                pass
+        found.update(children)
+        todo.extend(children)
+    return found
+
+
+def peak_rss_mb(pids: set[int]) -> float:
+    """Largest VmHWM (peak resident memory) among these processes."""
+    peak = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            pass
     return peak / 1024
 
 
 MIN_IMAGES = 64
-"""Each cell sends at least this many images (at least one request per client); ``--min-images`` sets it."""
+"""Each measurement sends at least this many images (at least one request per client); ``--min-images`` sets it."""
 
 
-def measure_served(executor: type, uses_with: dict, photos: list[bytes], batch_size: int, clients: int) -> dict:
-    """Serve one Executor in a Flow over gRPC; each client thread posts requests of ``batch_size`` photos."""
-    port = 52000 + (os.getpid() % 1000)
-    flow = Flow(port=port).add(uses=executor, uses_with={**uses_with, "batch_size": batch_size})
-    requests_per_client = max(1, math.ceil(MIN_IMAGES / (clients * batch_size)))
-    latencies: list[float] = []
-    lock = threading.Lock()
+class ServedSystem:
+    """One Executor serving in its own Flow over gRPC for a whole (photos, batch size) cell.
 
-    def client_loop(offset: int) -> None:
-        client = Client(host="127.0.0.1", port=port)
-        for r in range(requests_per_client):
-            start = (offset * requests_per_client + r) * batch_size
-            chosen = [photos[(start + k) % len(photos)] for k in range(batch_size)]
-            docs = DocList[ImageDocument]([ImageDocument(bytes_=b) for b in chosen])
-            began = time.perf_counter()
-            answer = client.post("/", inputs=docs, request_size=batch_size, return_type=DocList[ImageDocument])
-            elapsed = time.perf_counter() - began
-            assert all(doc.embedding is not None for doc in answer), [doc.error for doc in answer]
-            with lock:
-                latencies.append(elapsed)
+    All systems of a cell serve at once and take turns, each idle while another is measured, so
+    that a slow minute of a shared machine falls on every system of a round instead of on one cell.
+    """
 
-    with flow:
-        client_loop(0)  # warm-up: first request pays for lazy initialisation
+    def __init__(self, executor: type, uses_with: dict, batch_size: int, port: int) -> None:
+        self.flow = Flow(port=port).add(uses=executor, uses_with={**uses_with, "batch_size": batch_size})
+        self.batch_size = batch_size
+        self.port = port
+        self.pids: set[int] = set()
+
+    def __enter__(self) -> ServedSystem:
+        before = descendant_pids()
+        self.flow.__enter__()
+        self.pids = descendant_pids() - before
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flow.__exit__(*exc)
+
+    def measure(self, photos: list[bytes], clients: int) -> dict:
+        """Each client thread posts requests of ``batch_size`` photos; images/s over the wall time of all."""
+        requests_per_client = max(1, math.ceil(MIN_IMAGES / (clients * self.batch_size)))
+        latencies: list[float] = []
+        lock = threading.Lock()
+
+        def client_loop(offset: int, requests: int = requests_per_client) -> None:
+            client = Client(host="127.0.0.1", port=self.port)
+            for r in range(requests):
+                start = (offset * requests_per_client + r) * self.batch_size
+                chosen = [photos[(start + k) % len(photos)] for k in range(self.batch_size)]
+                docs = DocList[ImageDocument]([ImageDocument(bytes_=b) for b in chosen])
+                began = time.perf_counter()
+                answer = client.post("/", inputs=docs, request_size=self.batch_size, return_type=DocList[ImageDocument])
+                elapsed = time.perf_counter() - began
+                assert all(doc.embedding is not None for doc in answer), [doc.error for doc in answer]
+                with lock:
+                    latencies.append(elapsed)
+
+        client_loop(0, requests=1)  # warm-up: a first request pays for lazy initialisation
         latencies.clear()
         threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
         began = time.perf_counter()
@@ -167,9 +228,8 @@ def measure_served(executor: type, uses_with: dict, photos: list[bytes], batch_s
         for thread in threads:
             thread.join()
         wall = time.perf_counter() - began
-        rss = descendants_peak_rss_mb()
-    images = clients * requests_per_client * batch_size
-    return {"images_per_s": images / wall, "latencies": latencies, "rss_mb": rss}
+        images = clients * requests_per_client * self.batch_size
+        return {"images_per_s": images / wall, "latencies": latencies, "rss_mb": peak_rss_mb(self.pids)}
 
 
 def fast_mode_drift(model_dir: Path, photos: list[bytes]) -> dict:
@@ -193,29 +253,43 @@ def run(
     sets = {"small 640x480": jpeg_set(photos, SMALL, 64), "large 12 MP": jpeg_set(photos, LARGE, 24)}
     sets = {name: photos for name, photos in sets.items() if name.split()[0] in set_names}
     ours = {"pretrained_model_name_or_path": str(model_dir)}
-    lean = {**ours, "preprocessing": "fast", "keep_image_data": False}
-    systems: list[tuple[str, Callable[[list[bytes], int, int], dict]]] = [
-        ("baseline (seed-style)", lambda p, b, c: measure_served(SeedStyleEncoder, ours, p, b, c)),
-        ("ours exact", lambda p, b, c: measure_served(CLIPImageEncoder, ours, p, b, c)),
-        ("ours fast", lambda p, b, c: measure_served(CLIPImageEncoder, {**ours, "preprocessing": "fast"}, p, b, c)),
-        ("ours fast, no image data back", lambda p, b, c: measure_served(CLIPImageEncoder, lean, p, b, c)),
+    systems: list[tuple[str, type, dict]] = [
+        ("baseline (seed-style)", SeedStyleEncoder, ours),
+        ("ours exact", CLIPImageEncoder, ours),
+        ("ours exact, glibc malloc defaults", CLIPImageEncoder, {**ours, "keep_activation_memory": False}),
+        ("ours fast", CLIPImageEncoder, {**ours, "preprocessing": "fast"}),
+        (
+            "ours fast, no image data back",
+            CLIPImageEncoder,
+            {**ours, "preprocessing": "fast", "keep_image_data": False},
+        ),
     ]
+    first_port = 52000 + (os.getpid() % 500) * 8
     rows = []
-    for set_name, set_photos in sets.items():
-        for batch_size in batch_sizes:
-            ceiling = measure_ceiling(model_dir, batch_size, 64)
-            rows.append((set_name, batch_size, "-", "ceiling (model only)", ceiling))
-            print(f"{set_name} b{batch_size} ceiling {ceiling['images_per_s']:.1f} img/s", flush=True)
-            for clients, _ in itertools.product(client_counts, range(repeat)):  # repeats interleave systems
-                for system_name, measure in systems:
-                    if system_name.startswith("ours fast") and set_name.startswith("small"):
-                        continue  # draft decoding cannot shrink 640x480 below twice the 224 target
-                    result = measure(set_photos, batch_size, clients)
-                    rows.append((set_name, batch_size, clients, system_name, result))
-                    print(
-                        f"{set_name} b{batch_size} c{clients} {system_name} {result['images_per_s']:.1f} img/s",
-                        flush=True,
-                    )
+    with CeilingProcess(model_dir) as ceiling_process:
+        for (set_name, set_photos), batch_size in itertools.product(sets.items(), batch_sizes):
+            # Draft decoding cannot shrink 640x480 below twice the 224 target: no fast mode for small photos.
+            # The allocator comparison runs on small photos, where the model is most of the time.
+            here = [
+                system
+                for system in systems
+                if not (system[0].startswith("ours fast") and set_name.startswith("small"))
+                and not ("glibc" in system[0] and set_name.startswith("large"))
+            ]
+            with contextlib.ExitStack() as stack:
+                served = {
+                    name: stack.enter_context(ServedSystem(executor, uses_with, batch_size, first_port + i))
+                    for i, (name, executor, uses_with) in enumerate(here)
+                }
+                for round_ in range(repeat):
+                    ceiling = ceiling_process.measure(batch_size, MIN_IMAGES)
+                    rows.append(Row(set_name, batch_size, "-", "ceiling (model only)", round_, ceiling))
+                    print(f"{set_name} b{batch_size} r{round_ + 1} ceiling {ceiling['images_per_s']:.1f} img/s")
+                    for clients, (name, system) in itertools.product(client_counts, served.items()):
+                        result = system.measure(set_photos, clients)
+                        rows.append(Row(set_name, batch_size, clients, name, round_, result))
+                        speed = result["images_per_s"]
+                        print(f"{set_name} b{batch_size} r{round_ + 1} c{clients} {name} {speed:.1f} img/s")
     drift = fast_mode_drift(model_dir, sets["large 12 MP"]) if "large 12 MP" in sets else None
     report = render(rows, drift, origin)
     print(report)
@@ -223,9 +297,40 @@ def run(
         out.write_text(report)
 
 
-def render(rows: list, drift: dict | None, origin: str) -> str:
-    ceilings = {(r[0], r[1]): r[4]["images_per_s"] for r in rows if r[2] == "-"}
-    baselines = {(r[0], r[1], r[2]): r[4]["images_per_s"] for r in rows if r[3].startswith("baseline")}
+@dataclass(frozen=True)
+class Row:
+    set_name: str
+    batch_size: int
+    clients: int | str
+    system: str
+    round_: int
+    """Which repeat: ratios divide by the ceiling and baseline of the same round."""
+    result: dict
+
+
+def render(rows: list[Row], drift: dict | None, origin: str) -> str:
+    ceilings = {(r.set_name, r.batch_size, r.round_): r.result["images_per_s"] for r in rows if r.clients == "-"}
+    baselines = {
+        (r.set_name, r.batch_size, r.clients, r.round_): r.result["images_per_s"]
+        for r in rows
+        if r.system.startswith("baseline")
+    }
+
+    def ratios(row: Row) -> tuple[float | None, float | None]:
+        """This row against the ceiling and the baseline of its own round."""
+        speed = row.result["images_per_s"]
+        baseline = baselines.get((row.set_name, row.batch_size, row.clients, row.round_))
+        compared = baseline and not row.system.startswith(("baseline", "ceiling"))
+        vs_ceiling = speed / ceilings[(row.set_name, row.batch_size, row.round_)] if row.clients != "-" else None
+        return vs_ceiling, (speed / baseline if compared else None)
+
+    def fmt(value: float | None) -> str:
+        return "" if value is None else f"{value:.2f}"
+
+    cells: dict[tuple, list[Row]] = {}
+    for row in rows:
+        cells.setdefault((row.set_name, row.batch_size, row.clients, row.system), []).append(row)
+    rounds = max(row.round_ for row in rows) + 1
     lines = [
         "# Throughput: ours against the model-only ceiling and the seed-style baseline",
         "",
@@ -235,19 +340,43 @@ def render(rows: list, drift: dict | None, origin: str) -> str:
         "",
         f"Command: `python benchmarks/throughput.py {' '.join(sys.argv[1:])}`",
         "",
+        f"Method: for each photo set and batch size, every system serves in its own Flow over gRPC at once; "
+        f"{rounds} rounds, each measuring the ceiling (the model alone in its own process, set up as the "
+        "Executor's) and then every system and client count in turn, so that each ratio compares measurements "
+        "taken minutes apart at most. The baseline keeps the seed's defaults. Images/s: all images of a "
+        "measurement over its wall time; latency: per request, client side; peak RSS: the Executor's processes.",
+        "",
+        f"## Summary: medians over {rounds} rounds (ratios are medians of each round's ratio)",
+        "",
         "| photos | batch | clients | system | images/s | p50 ms | p95 ms | peak RSS MB | / ceiling | / baseline |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for set_name, batch, clients, system, result in rows:
-        speed = result["images_per_s"]
-        lat = result["latencies"]
-        rss = f"{result['rss_mb']:.0f}" if result["rss_mb"] else "-"
-        baseline = baselines.get((set_name, batch, clients))
-        vs_base = f"{speed / baseline:.2f}" if baseline and not system.startswith(("baseline", "ceiling")) else ""
-        vs_ceiling = f"{speed / ceilings[(set_name, batch)]:.2f}" if not system.startswith("ceiling") else ""
+    for (set_name, batch, clients, system), cell in cells.items():
+        latencies = [latency for row in cell for latency in row.result["latencies"]]
+        rss = max((row.result["rss_mb"] or 0) for row in cell)
+        vs_ceiling = [r for r in (ratios(row)[0] for row in cell) if r is not None]
+        vs_base = [r for r in (ratios(row)[1] for row in cell) if r is not None]
         lines.append(
-            f"| {set_name} | {batch} | {clients} | {system} | {speed:.1f} | {statistics.median(lat) * 1000:.0f} "
-            f"| {percentile(lat, 0.95) * 1000:.0f} | {rss} | {vs_ceiling} | {vs_base} |"
+            f"| {set_name} | {batch} | {clients} | {system} "
+            f"| {statistics.median(row.result['images_per_s'] for row in cell):.1f} "
+            f"| {statistics.median(latencies) * 1000:.0f} | {percentile(latencies, 0.95) * 1000:.0f} "
+            f"| {f'{rss:.0f}' if rss else '-'} | {fmt(statistics.median(vs_ceiling) if vs_ceiling else None)} "
+            f"| {fmt(statistics.median(vs_base) if vs_base else None)} |"
+        )
+    lines += [
+        "",
+        "## Every round",
+        "",
+        "| photos | batch | clients | round | system | images/s | p50 ms | p95 ms | / ceiling | / baseline |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        lat = row.result["latencies"]
+        vs_ceiling, vs_base = ratios(row)
+        lines.append(
+            f"| {row.set_name} | {row.batch_size} | {row.clients} | {row.round_ + 1} | {row.system} "
+            f"| {row.result['images_per_s']:.1f} | {statistics.median(lat) * 1000:.0f} "
+            f"| {percentile(lat, 0.95) * 1000:.0f} | {fmt(vs_ceiling)} | {fmt(vs_base)} |"
         )
     if drift is not None:
         lines += [
@@ -269,7 +398,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--sets", nargs="+", choices=("small", "large"), default=["small", "large"])
     parser.add_argument("--min-images", type=int, default=MIN_IMAGES, help="images per cell, at least")
-    parser.add_argument("--repeat", type=int, default=1, help="measure every served cell this many times")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds: every system and the ceiling, in turn")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     MIN_IMAGES = args.min_images

@@ -149,6 +149,8 @@ class ImageEncoder:
     def _assemble(self, prepared: list[np.ndarray]) -> torch.Tensor:
         """Stack pixels (normalised here, once per batch) and ready model inputs in their order."""
         pixel_rows = [i for i, item in enumerate(prepared) if item.dtype == np.uint8]
+        if len(pixel_rows) == len(prepared):
+            return to_model_input(prepared, self.model.preprocess)
         batch = torch.empty(len(prepared), 3, *self.model.preprocess.output_size)
         if pixel_rows:
             batch[pixel_rows] = to_model_input([prepared[i] for i in pixel_rows], self.model.preprocess)

