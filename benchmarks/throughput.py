@@ -256,7 +256,7 @@ def run(
     systems: list[tuple[str, type, dict]] = [
         ("baseline (seed-style)", SeedStyleEncoder, ours),
         ("ours exact", CLIPImageEncoder, ours),
-        ("ours exact, glibc malloc defaults", CLIPImageEncoder, {**ours, "keep_activation_memory": False}),
+        ("ours exact, keep_activation_memory", CLIPImageEncoder, {**ours, "keep_activation_memory": True}),
         ("ours fast", CLIPImageEncoder, {**ours, "preprocessing": "fast"}),
         (
             "ours fast, no image data back",
@@ -274,7 +274,7 @@ def run(
                 system
                 for system in systems
                 if not (system[0].startswith("ours fast") and set_name.startswith("small"))
-                and not ("glibc" in system[0] and set_name.startswith("large"))
+                and not ("keep_activation_memory" in system[0] and set_name.startswith("large"))
             ]
             with contextlib.ExitStack() as stack:
                 served = {

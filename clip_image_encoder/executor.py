@@ -74,7 +74,7 @@ class CLIPImageEncoder(Executor):
         preprocessing: str = "exact",
         num_workers: int = 2,
         num_threads: int = 0,
-        keep_activation_memory: bool = True,
+        keep_activation_memory: bool = False,
         allow_remote_uris: bool = False,
         max_image_pixels: int = DecodeLimits.max_image_pixels,
         *args: Any,
@@ -110,8 +110,9 @@ class CLIPImageEncoder(Executor):
         :param num_workers: threads that decode and resize while the model runs.
         :param num_threads: torch cpu threads; 0 shares the machine's cores among the replicas.
         :param keep_activation_memory: keep the memory freed after a forward for the next one instead
-            of returning it to the system (glibc): no page faults per forward, measured 30-60% faster
-            forwards in Executor processes; the process then stays at its peak memory.
+            of returning it to the system (glibc): removes the 20-70k page faults of each forward; the
+            process then stays at its peak memory. Off by default: the end-to-end gain was within the
+            noise of ``benchmarks/RESULTS_SMALL.md``.
         :param allow_remote_uris: fetch ``http(s)://`` uris (off: a client must not make the
             server reach the network unless the operator says so).
         :param max_image_pixels: images declaring more pixels are refused before decoding.

@@ -151,11 +151,11 @@ def keep_freed_activation_memory() -> bool:
     """Make glibc keep the model's freed activation buffers for the next forward; False where not glibc.
 
     With glibc's defaults, buffers above a size threshold are mmap-ed and unmapped on free, free
-    heap tops are trimmed and threads get their own heaps, so every forward faults its memory in
-    again. In a Jina Executor process (many threads) that measured 15-27k page faults per ViT-B/32
-    forward at batch 8 and forwards 30-60% slower than the same forward in a plain process; with
-    large buffers kept on the heap, no trimming and one shared arena: no faults, same speed
-    (``benchmarks/RESULTS.md``). The price: the process keeps its peak heap between requests.
+    heap tops are trimmed and threads get heaps of their own, so a forward can fault its memory in
+    again: 20-70k page faults per ViT-B/32 forward at batch 32 measured here, none with large
+    buffers kept on the heap, no trimming and one shared arena. The forward got faster in one
+    paired experiment inside an Executor process, but not beyond noise end to end
+    (``benchmarks/RESULTS_SMALL.md``): opt-in. The price: the process keeps its peak heap.
     """
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
