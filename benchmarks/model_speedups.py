@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import multiprocessing
 import os
 import platform
@@ -36,7 +35,7 @@ from sklearn.datasets import load_sample_images
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from clip_image_encoder.export import export_model, load_onnx_model
-from clip_image_encoder.model import load_model
+from clip_image_encoder.model import keep_freed_activation_memory, load_model
 from clip_image_encoder.preprocessing import PreprocessConfig, resize_and_crop, to_model_input
 
 
@@ -57,18 +56,10 @@ def images_per_second(forward: Callable[[torch.Tensor], torch.Tensor], batch: to
     return repeats * len(batch) / (time.perf_counter() - started)
 
 
-def keep_freed_memory_mapped() -> None:
-    """glibc mallopt: large buffers stay on the heap (32 MB, its maximum), no trimming, one arena."""
-    mallopt = ctypes.CDLL("libc.so.6").mallopt
-    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-    for parameter, value in ((m_mmap_threshold, 32 * 1024 * 1024), (m_trim_threshold, 2**31 - 1), (m_arena_max, 1)):
-        assert mallopt(parameter, value) == 1
-
-
 def forward_in_fresh_process(folder: str, batch_size: int, repeats: int, tune_allocator: bool) -> tuple[float, float]:
     """Images/s and minor page faults per forward of the float32 model, on its own thread as in the Executor."""
     if tune_allocator:
-        keep_freed_memory_mapped()
+        assert keep_freed_activation_memory()
     model = load_model(folder, device="cpu", dtype="float32")
     batch = photo_batch(batch_size)
     with ThreadPoolExecutor(1) as model_thread:
@@ -79,7 +70,7 @@ def forward_in_fresh_process(folder: str, batch_size: int, repeats: int, tune_al
 
 
 def allocator_comparison(folder: Path, batch_size: int, repeats: int, rounds: int) -> list[tuple[str, str, str]]:
-    """glibc's defaults against ``keep_freed_memory_mapped``, alternating fresh processes."""
+    """glibc's defaults against ``keep_freed_activation_memory``, alternating fresh processes."""
     results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     spawn = multiprocessing.get_context("spawn")
     for _ in range(rounds):
@@ -90,7 +81,7 @@ def allocator_comparison(folder: Path, batch_size: int, repeats: int, rounds: in
                 )
     rows = []
     for tuned, runs in results.items():
-        name = "mallopt: freed memory kept mapped, one arena" if tuned else "glibc malloc defaults"
+        name = "keep_activation_memory (mallopt: no trim, one arena)" if tuned else "glibc malloc defaults"
         speeds = ", ".join(f"{speed:.1f}" for speed, _ in runs)
         rows.append(
             (
