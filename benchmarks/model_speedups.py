@@ -4,9 +4,10 @@ Variants: SDPA attention (transformers' default) against eager attention, ``torc
 ``torch.ao`` dynamic int8 quantisation of the linear layers, bfloat16 weights, and the exported
 ONNX model on onnxruntime (the ``backend: onnx`` path). The inputs are
 real photos preprocessed exactly; drift is the cosine of each variant's embeddings to float32 eager.
-Then glibc's allocator tuned to keep freed activation memory mapped (no page faults on the next
-forward) against its defaults, each round in two fresh processes (mallopt cannot be undone within
-one), the model on its own thread as in the Executor, with page faults per forward.
+Then process-wide settings, each round in fresh processes (neither can be undone within one), the
+model on its own thread as in the Executor: glibc's allocator tuned to keep freed activation memory
+(no page faults on the next forward) against its defaults; and, at batch 1, a second, idle OpenMP
+team (another thread that once ran parallel torch work) against none.
 
     python benchmarks/model_speedups.py --out benchmarks/MODEL_SPEEDUPS.md
 """
@@ -56,12 +57,22 @@ def images_per_second(forward: Callable[[torch.Tensor], torch.Tensor], batch: to
     return repeats * len(batch) / (time.perf_counter() - started)
 
 
-def forward_in_fresh_process(folder: str, batch_size: int, repeats: int, tune_allocator: bool) -> tuple[float, float]:
+PROCESS_SETTINGS = {
+    "defaults": "glibc malloc defaults, one OpenMP team (the Executor's default)",
+    "keep_activation_memory": "keep_activation_memory (mallopt: no trim, one arena)",
+    "extra_team": "an idle second OpenMP team (warm-up on the main thread, before the fix)",
+}
+"""Process-wide settings compared in fresh processes: neither mallopt nor an OpenMP team can be undone."""
+
+
+def forward_in_fresh_process(folder: str, batch_size: int, repeats: int, setting: str) -> tuple[float, float]:
     """Images/s and minor page faults per forward of the float32 model, on its own thread as in the Executor."""
-    if tune_allocator:
+    if setting == "keep_activation_memory":
         assert keep_freed_activation_memory()
     model = load_model(folder, device="cpu", dtype="float32")
     batch = photo_batch(batch_size)
+    if setting == "extra_team":
+        model.embed(batch)  # parallel work on this thread gives it an OpenMP team, idle from now on
     with ThreadPoolExecutor(1) as model_thread:
         model_thread.submit(model.embed, batch).result()
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -69,23 +80,24 @@ def forward_in_fresh_process(folder: str, batch_size: int, repeats: int, tune_al
     return speed, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (repeats + 1)
 
 
-def allocator_comparison(folder: Path, batch_size: int, repeats: int, rounds: int) -> list[tuple[str, str, str]]:
-    """glibc's defaults against ``keep_freed_activation_memory``, alternating fresh processes."""
-    results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+def fresh_process_comparison(
+    folder: Path, settings: list[str], batch_size: int, repeats: int, rounds: int
+) -> list[tuple[str, str, str]]:
+    """Each setting in its own fresh process, alternating for ``rounds`` rounds: median and every round."""
+    results: dict[str, list[tuple[float, float]]] = {setting: [] for setting in settings}
     spawn = multiprocessing.get_context("spawn")
     for _ in range(rounds):
-        for tuned in results:
+        for setting in settings:
             with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-                results[tuned].append(
-                    pool.submit(forward_in_fresh_process, str(folder), batch_size, repeats, tuned).result()
+                results[setting].append(
+                    pool.submit(forward_in_fresh_process, str(folder), batch_size, repeats, setting).result()
                 )
     rows = []
-    for tuned, runs in results.items():
-        name = "keep_activation_memory (mallopt: no trim, one arena)" if tuned else "glibc malloc defaults"
+    for setting, runs in results.items():
         speeds = ", ".join(f"{speed:.1f}" for speed, _ in runs)
         rows.append(
             (
-                name,
+                PROCESS_SETTINGS[setting],
                 f"{statistics.median(s for s, _ in runs):.1f} ({speeds})",
                 f"{statistics.median(f for _, f in runs):.0f}",
             )
@@ -99,7 +111,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--allocator-rounds", type=int, default=3, help="fresh-process pairs for the allocator rows")
+    parser.add_argument("--process-rounds", type=int, default=3, help="fresh-process rounds for the process settings")
+    parser.add_argument("--team-repeats", type=int, default=20, help="timed batch-1 forwards for the OpenMP team rows")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp()) / "vit-b32"
@@ -142,7 +155,11 @@ def main() -> None:
             rows.append((name, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}", "-"))
         print(rows[-1], flush=True)
 
-    allocator_rows = allocator_comparison(folder, args.batch_size, args.repeats, args.allocator_rounds)
+    rounds = args.process_rounds
+    allocator_rows = fresh_process_comparison(
+        folder, ["defaults", "keep_activation_memory"], args.batch_size, args.repeats, rounds
+    )
+    team_rows = fresh_process_comparison(folder, ["defaults", "extra_team"], 1, args.team_repeats, rounds)
     report = [
         "# Model-level cpu speed-ups (ViT-B/32 vision tower, random weights, real photos)",
         "",
@@ -155,11 +172,17 @@ def main() -> None:
         "| --- | --- | --- |",
         *[f"| {name} | {speed} | {cosine} |" for name, speed, cosine in rows],
         "",
-        f"## Allocator: median of {args.allocator_rounds} fresh processes each (alternating), float32 SDPA",
+        f"## Allocator: batch {args.batch_size}, median of {rounds} fresh processes each (alternating)",
         "",
-        "| allocator | images/s (each round) | minor page faults per forward |",
+        "| process | images/s (each round) | minor page faults per forward |",
         "| --- | --- | --- |",
         *[f"| {name} | {speed} | {faults} |" for name, speed, faults in allocator_rows],
+        "",
+        f"## OpenMP teams: batch 1, {args.team_repeats} forwards, median of {rounds} fresh processes (alternating)",
+        "",
+        "| process | images/s (each round) | minor page faults per forward |",
+        "| --- | --- | --- |",
+        *[f"| {name} | {speed} | {faults} |" for name, speed, faults in team_rows],
     ]
     text = "\n".join(report) + "\n"
     print(text)

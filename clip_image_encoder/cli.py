@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import inspect
 import re
 import sys
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from clip_image_encoder.decoding import DecodeLimits, ImageInputError
 from clip_image_encoder.encoding import PREPROCESSING_MODES, ImageEncoder, ImageItem
-from clip_image_encoder.model import BACKENDS, configure_cpu_threads, keep_freed_activation_memory, load_model
+from clip_image_encoder.model import BACKENDS, configure_process, load_model
 from clip_image_encoder.outputs import FORMATS, EmbeddingTable, read_embeddings, write_embeddings
 from clip_image_encoder.postprocessing import OUTPUT_DTYPES, OutputOptions
 from clip_image_encoder.preprocessing import ROTATIONS
@@ -103,11 +104,11 @@ def _model_identity(name_or_path: str) -> str:
 
 
 def _encoder_from(args: argparse.Namespace) -> ImageEncoder:
-    configure_cpu_threads(args.num_threads)
-    if args.keep_activation_memory:
-        keep_freed_activation_memory()
-    model = load_model(args.pretrained_model_name_or_path, device=args.device, dtype=args.dtype, backend=args.backend)
-    return ImageEncoder(model, DecodeLimits(max_image_pixels=args.max_image_pixels), num_workers=args.num_workers)
+    configure_process(args.num_threads, keep_activation_memory=args.keep_activation_memory)
+    load = functools.partial(
+        load_model, args.pretrained_model_name_or_path, device=args.device, dtype=args.dtype, backend=args.backend
+    )
+    return ImageEncoder(load, DecodeLimits(max_image_pixels=args.max_image_pixels), num_workers=args.num_workers)
 
 
 def _encode_paths(encoder: ImageEncoder, paths: Sequence[Path], args: argparse.Namespace) -> Iterator:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -60,23 +60,33 @@ class ImageEncoder:
 
     def __init__(
         self,
-        model: EmbeddingModel,
+        model: EmbeddingModel | Callable[[], EmbeddingModel],
         limits: DecodeLimits | None = None,
         num_workers: int = 2,
         prefetch_batches: int | None = None,
     ) -> None:
-        """``prefetch_batches``: batches decoded ahead of the model; default 2 on cuda, 0 on cpu."""
-        self.model = model
+        """Take a loaded model, or a function that loads one (run on the model thread); warm it up there.
+
+        ``prefetch_batches``: batches decoded ahead of the model; default 2 on cuda, 0 on cpu.
+        """
+        # Every torch op runs on this one thread, loading (int8 quantisation computes) and warm-up
+        # included. libgomp gives each thread that starts parallel work a team of its own, and once
+        # teams hold more threads than there are cores it stops spinning between parallel regions:
+        # one idle extra team (a warm-up on the caller's thread) made batch-1 forwards 20-35 ms slower.
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        try:
+            self.model: EmbeddingModel = self._model_thread.submit(model).result() if callable(model) else model
+            self._model_thread.submit(self.model.warm_up).result()
+        except BaseException:
+            self._model_thread.shutdown()
+            raise
         self.limits = limits or DecodeLimits()
         if prefetch_batches is None:
-            prefetch_batches = 2 if model.device.type == "cuda" else 0
+            prefetch_batches = 2 if self.model.device.type == "cuda" else 0
         self.prefetch_batches = prefetch_batches
         self.overlaps = prefetch_batches > 0
         """Whether decoding runs beside the model, so that concurrent requests gain from overlapping."""
         self._pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="decode")
-        # Every torch op runs on this one thread: torch keeps an OpenMP team per calling thread, and
-        # forwards arriving from many request threads made several teams spin against each other.
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
     def encode(
         self,

@@ -6,6 +6,7 @@ It orchestrates only: decoding, preprocessing and the model live in their own mo
 # No `from __future__ import annotations` here: Jina reads the request schemas from live type hints.
 import asyncio
 import contextlib
+import functools
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from jina import Executor, requests
 
 from clip_image_encoder.decoding import DecodeLimits, ImageInputError, ImageSource
 from clip_image_encoder.encoding import ImageEncoder, ImageItem
-from clip_image_encoder.model import DEFAULT_MODEL, configure_cpu_threads, keep_freed_activation_memory, load_model
+from clip_image_encoder.model import DEFAULT_MODEL, configure_process, load_model
 from clip_image_encoder.postprocessing import OutputOptions
 
 
@@ -129,13 +130,10 @@ class CLIPImageEncoder(Executor):
             "keep_image_data": keep_image_data,
             "preprocessing": preprocessing,
         }
-        configure_cpu_threads(num_threads, replicas=getattr(self.runtime_args, "replicas", 1))
-        if keep_activation_memory and not keep_freed_activation_memory():
-            self.logger.warning("keep_activation_memory needs glibc's malloc; left as the system has it")
-        model = load_model(pretrained_model_name_or_path, device=device, dtype=dtype, backend=backend)
-        model.warm_up()
+        configure_process(num_threads, getattr(self.runtime_args, "replicas", 1), keep_activation_memory)
+        load = functools.partial(load_model, pretrained_model_name_or_path, device=device, dtype=dtype, backend=backend)
         limits = DecodeLimits(max_image_pixels=max_image_pixels, allow_remote_uris=allow_remote_uris)
-        self.encoder = ImageEncoder(model, limits, num_workers=num_workers)
+        self.encoder = ImageEncoder(load, limits, num_workers=num_workers)
         # Without overlap (cpu), concurrent requests only contend: take them one at a time, as Jina does
         # for sync endpoints (measured: 4 concurrent clients 9.6 -> 10.7 images/s at batch 8).
         self._one_request_at_a_time = contextlib.nullcontext() if self.encoder.overlaps else asyncio.Lock()

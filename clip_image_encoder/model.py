@@ -141,6 +141,13 @@ def configure_cpu_threads(num_threads: int, replicas: int = 1) -> int:
     return num_threads
 
 
+def configure_process(num_threads: int = 0, replicas: int = 1, keep_activation_memory: bool = False) -> None:
+    """The process-wide settings of a process that serves one model: torch threads and, if asked, the allocator."""
+    configure_cpu_threads(num_threads, replicas)
+    if keep_activation_memory and not keep_freed_activation_memory():
+        logger.warning("keep_activation_memory needs glibc's malloc; left as the system has it")
+
+
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
