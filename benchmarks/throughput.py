@@ -256,7 +256,6 @@ def run(
     systems: list[tuple[str, type, dict]] = [
         ("baseline (seed-style)", SeedStyleEncoder, ours),
         ("ours exact", CLIPImageEncoder, ours),
-        ("ours exact, keep_activation_memory", CLIPImageEncoder, {**ours, "keep_activation_memory": True}),
         ("ours fast", CLIPImageEncoder, {**ours, "preprocessing": "fast"}),
         (
             "ours fast, no image data back",
@@ -269,12 +268,8 @@ def run(
     with CeilingProcess(model_dir) as ceiling_process:
         for (set_name, set_photos), batch_size in itertools.product(sets.items(), batch_sizes):
             # Draft decoding cannot shrink 640x480 below twice the 224 target: no fast mode for small photos.
-            # The allocator comparison runs on small photos, where the model is most of the time.
             here = [
-                system
-                for system in systems
-                if not (system[0].startswith("ours fast") and set_name.startswith("small"))
-                and not ("keep_activation_memory" in system[0] and set_name.startswith("large"))
+                system for system in systems if not (system[0].startswith("ours fast") and set_name.startswith("small"))
             ]
             with contextlib.ExitStack() as stack:
                 served = {
