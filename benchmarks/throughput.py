@@ -12,7 +12,10 @@ concurrent clients, with images/s, p50/p95 latency per request and the peak resi
 the Executor process. Then the drift of the fast preprocessing mode (memory against request size
 is `memory.py`).
 
-    python benchmarks/throughput.py --out benchmarks/RESULTS.md
+    python benchmarks/throughput.py --sets small --batch-sizes 1 8 32 --clients 1 4 --min-images 64 \
+        --repeat 3 --out benchmarks/RESULTS_SMALL.md   # ~20 min on 2 cores
+    python benchmarks/throughput.py --sets large --batch-sizes 1 8 32 --clients 1 4 --min-images 64 \
+        --repeat 2 --out benchmarks/RESULTS_LARGE.md   # ~25 min on 2 cores
 
 Large photos come from Debian's ``mate-backgrounds`` wallpapers when installed
 (``apt-get install mate-backgrounds``), otherwise from scikit-image photos scaled up.

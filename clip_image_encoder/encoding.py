@@ -72,7 +72,8 @@ class ImageEncoder:
         # Every torch op runs on this one thread, loading (int8 quantisation computes) and warm-up
         # included. libgomp gives each thread that starts parallel work a team of its own, and once
         # teams hold more threads than there are cores it stops spinning between parallel regions:
-        # one idle extra team (a warm-up on the caller's thread) made batch-1 forwards 20-35 ms slower.
+        # one idle extra team (a warm-up on the caller's thread) made batch-1 forwards 20-35 ms slower
+        # (benchmarks/MODEL_SPEEDUPS.md: 6.9 against 8.1 images/s).
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         try:
             self.model: EmbeddingModel = self._model_thread.submit(model).result() if callable(model) else model

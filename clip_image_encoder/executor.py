@@ -88,7 +88,7 @@ class CLIPImageEncoder(Executor):
             ship in a PyPI package (no network).
         :param device: ``auto`` (cuda when present, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
         :param dtype: ``auto`` (float16 on cuda, float32 on cpu), ``float32``, ``float16``,
-            ``bfloat16``, or ``int8`` (cpu: dynamic int8 quantisation of the linear layers, 1.4-1.6x
+            ``bfloat16``, or ``int8`` (cpu: dynamic int8 quantisation of the linear layers, 1.4-1.5x
             faster, cosine to float32 >= 0.9995). Embeddings are float32 whatever it is.
         :param backend: ``torch``, or ``onnx`` to serve a folder made by ``clip-image-encoder export
             --format onnx`` with onnxruntime (its CUDA provider on cuda when onnxruntime-gpu is installed).

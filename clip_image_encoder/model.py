@@ -205,7 +205,7 @@ def load_model(
         module, forward, dim, preprocess = _load_from_hub(name_or_path, torch_dtype, hub_kwargs)
     module.eval().to(torch_device, dtype=torch_dtype)
     if quantize_linear:
-        # benchmarks/MODEL_SPEEDUPS.md: ViT-B/32 on 2 cores 14.0 -> 22.9 images/s, cosine to float32 >= 0.9995.
+        # benchmarks/MODEL_SPEEDUPS.md: ViT-B/32 on 2 cores 10.8-11.8 -> 16.5 images/s, cosine to float32 >= 0.9995.
         torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     logger.info("loaded %s on %s as %s", name_or_path, torch_device, torch_dtype)
     return EmbeddingModel(module, forward, dim, preprocess, torch_device, torch_dtype)
