@@ -112,8 +112,8 @@ class CLIPImageEncoder(Executor):
         :param num_threads: torch cpu threads; 0 shares the machine's cores among the replicas.
         :param keep_activation_memory: keep the memory freed after a forward for the next one instead
             of returning it to the system (glibc): removes the 20-70k page faults of each forward; the
-            process then stays at its peak memory. Off by default: the end-to-end gain was within the
-            noise of ``benchmarks/RESULTS_SMALL.md``.
+            process then stays at its peak memory. Off by default: the forwards got no faster beyond noise
+            (``benchmarks/MODEL_SPEEDUPS.md``).
         :param allow_remote_uris: fetch ``http(s)://`` uris (off: a client must not make the
             server reach the network unless the operator says so).
         :param max_image_pixels: images declaring more pixels are refused before decoding.

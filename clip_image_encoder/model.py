@@ -160,9 +160,9 @@ def keep_freed_activation_memory() -> bool:
     With glibc's defaults, buffers above a size threshold are mmap-ed and unmapped on free, free
     heap tops are trimmed and threads get heaps of their own, so a forward can fault its memory in
     again: 20-70k page faults per ViT-B/32 forward at batch 32 measured here, none with large
-    buffers kept on the heap, no trimming and one shared arena. The forward got faster in one
-    paired experiment inside an Executor process, but not beyond noise end to end
-    (``benchmarks/RESULTS_SMALL.md``): opt-in. The price: the process keeps its peak heap.
+    buffers kept on the heap, no trimming and one shared arena. The forward got no faster beyond
+    noise (``benchmarks/MODEL_SPEEDUPS.md``: 14.5 against 14.4 images/s): opt-in. The price: the
+    process keeps its peak heap.
     """
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
