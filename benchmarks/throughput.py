@@ -62,7 +62,7 @@ from seed_executor import SeedStyleEncoder
 from clip_image_encoder.decoding import DecodeLimits
 from clip_image_encoder.encoding import ImageEncoder
 from clip_image_encoder.executor import CLIPImageEncoder, ImageDocument
-from clip_image_encoder.model import configure_cpu_threads, load_model
+from clip_image_encoder.model import configure_process, load_model
 
 WALLPAPERS = Path("/usr/share/backgrounds/mate")
 SMALL, LARGE = (640, 480), (4000, 3000)
@@ -107,7 +107,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class CeilingProcess:
-    """The model alone in its own process, set up as the Executor sets up its own (``configure_cpu_threads``).
+    """The model alone in its own process, set up as the Executor sets up its own (``configure_process``).
 
     It stays loaded for the whole run, idle while the served systems are measured, so that every
     round measures the ceiling right beside them.
@@ -136,7 +136,7 @@ _ceiling_model = None
 
 def _load_ceiling_model(model_dir: str) -> None:
     global _ceiling_model
-    configure_cpu_threads(0)
+    configure_process()
     _ceiling_model = load_model(model_dir, device="cpu")
 
 

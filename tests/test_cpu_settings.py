@@ -1,4 +1,4 @@
-"""Process settings for cpu serving: torch threads shared among replicas, activation memory kept for reuse."""
+"""cpu serving settings: threads shared among replicas, all torch work on one thread, kept activation memory."""
 
 from __future__ import annotations
 
