@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
 import platform
@@ -35,17 +37,36 @@ from skimage import data as skimage_data
 from sklearn.datasets import load_sample_images
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from clip_image_encoder.export import export_model, load_onnx_model
-from clip_image_encoder.model import keep_freed_activation_memory, load_model
-from clip_image_encoder.preprocessing import PreprocessConfig, resize_and_crop, to_model_input
+from clip_image_encoder.exported import export_model, load_onnx
+from clip_image_encoder.model_loading import load_model
+from clip_image_encoder.preprocessing import PreprocessConfig, Preprocessor
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
+"""glibc's upper bound on 64-bit; one ViT-B/32 MLP activation at batch 32 is 20 MB."""
+
+
+def keep_freed_activation_memory() -> bool:
+    """Make glibc keep freed activation buffers for the next forward (large buffers on the heap, no
+    trimming, one arena); False where not glibc.
+
+    Compared here only: the forward got no faster beyond noise (MODEL_SPEEDUPS.md), so the Executor's
+    ``keep_activation_memory`` option was removed.
+    """
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    settings = ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1))
+    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
 
 
 def photo_batch(batch_size: int) -> torch.Tensor:
     photos = [skimage_data.astronaut(), skimage_data.chelsea(), skimage_data.coffee(), skimage_data.rocket()]
     photos += list(load_sample_images().images)
-    config = PreprocessConfig()
-    pixels = [resize_and_crop(Image.fromarray(photos[i % len(photos)]), config) for i in range(batch_size)]
-    return to_model_input(pixels, config)
+    preprocessor = Preprocessor(PreprocessConfig())
+    return preprocessor.batch([preprocessor.image(Image.fromarray(photos[i % len(photos)])) for i in range(batch_size)])
 
 
 def images_per_second(forward: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, repeats: int) -> float:
@@ -140,7 +161,7 @@ def main() -> None:
     CLIPImageProcessorPil().save_pretrained(folder)
     onnx_folder = folder.parent / "onnx"
     export_model(load_model(str(folder), device="cpu", dtype="float32"), "onnx", onnx_folder)
-    onnx = load_onnx_model(str(onnx_folder), torch.device("cpu"))
+    onnx = load_onnx(str(onnx_folder), torch.device("cpu"))
     variants["onnxruntime, exported ONNX (backend: onnx)"] = onnx.forward
 
     with torch.inference_mode():

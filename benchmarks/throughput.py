@@ -26,12 +26,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import json
 import math
 import multiprocessing
 import os
 import platform
 import resource
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -59,10 +63,14 @@ from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_executor import SeedStyleEncoder
 
-from clip_image_encoder.decoding import DecodeLimits
-from clip_image_encoder.encoding import ImageEncoder
-from clip_image_encoder.executor import CLIPImageEncoder, ImageDocument
-from clip_image_encoder.model import configure_process, load_model
+from clip_image_encoder.documents import ImageDocument
+from clip_image_encoder.executor import CLIPImageEncoder
+from clip_image_encoder.model_loading import load_model
+from clip_image_encoder.options import EncoderOptions
+from clip_image_encoder.pipeline import ImageEncoder
+from clip_image_encoder.preprocessing import Preprocessor
+from clip_image_encoder.runtime import configure_cpu_threads
+from clip_image_encoder.sources import DecodeLimits
 
 WALLPAPERS = Path("/usr/share/backgrounds/mate")
 SMALL, LARGE = (640, 480), (4000, 3000)
@@ -107,7 +115,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class CeilingProcess:
-    """The model alone in its own process, set up as the Executor sets up its own (``configure_process``).
+    """The model alone in its own process, set up as the Executor sets up its own (``configure_cpu_threads``).
 
     It stays loaded for the whole run, idle while the served systems are measured, so that every
     round measures the ceiling right beside them.
@@ -136,7 +144,7 @@ _ceiling_model = None
 
 def _load_ceiling_model(model_dir: str) -> None:
     global _ceiling_model
-    configure_process()
+    configure_cpu_threads(0)
     _ceiling_model = load_model(model_dir, device="cpu")
 
 
@@ -152,7 +160,11 @@ def _time_forwards(batch_size: int, images: int) -> dict:
 
 
 def descendant_pids() -> set[int]:
-    found, todo = set(), [os.getpid()]
+    return descendant_pids_of(os.getpid())
+
+
+def descendant_pids_of(root: int) -> set[int]:
+    found, todo = set(), [root]
     while todo:
         pid = todo.pop()
         try:
@@ -204,52 +216,102 @@ class ServedSystem:
         self.flow.__exit__(*exc)
 
     def measure(self, photos: list[bytes], clients: int) -> dict:
-        """Each client thread posts requests of ``batch_size`` photos; images/s over the wall time of all."""
-        requests_per_client = max(1, math.ceil(MIN_IMAGES / (clients * self.batch_size)))
-        latencies: list[float] = []
-        lock = threading.Lock()
+        return measure_served(self.port, self.batch_size, self.pids, photos, clients)
 
-        def client_loop(offset: int, requests: int = requests_per_client) -> None:
-            client = Client(host="127.0.0.1", port=self.port)
-            for r in range(requests):
-                start = (offset * requests_per_client + r) * self.batch_size
-                chosen = [photos[(start + k) % len(photos)] for k in range(self.batch_size)]
-                docs = DocList[ImageDocument]([ImageDocument(bytes_=b) for b in chosen])
-                began = time.perf_counter()
-                answer = client.post("/", inputs=docs, request_size=self.batch_size, return_type=DocList[ImageDocument])
-                elapsed = time.perf_counter() - began
-                assert all(doc.embedding is not None for doc in answer), [doc.error for doc in answer]
-                with lock:
-                    latencies.append(elapsed)
 
-        client_loop(0, requests=1)  # warm-up: a first request pays for lazy initialisation
-        latencies.clear()
-        threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
-        began = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - began
-        images = clients * requests_per_client * self.batch_size
-        return {"images_per_s": images / wall, "latencies": latencies, "rss_mb": peak_rss_mb(self.pids)}
+class TreeExecutor:
+    """The Executor of a source tree (another commit's checkout, or this one), served by ``jina executor
+    --uses config.yml`` from that tree: the way to compare two versions of the code side by side in one run.
+    """
+
+    def __init__(self, tree: Path, uses_with: dict, batch_size: int, port: int) -> None:
+        self.tree, self.batch_size, self.port = tree, batch_size, port
+        self.uses_with = {**uses_with, "batch_size": batch_size}
+        self.process: subprocess.Popen | None = None
+        self.pids: set[int] = set()
+
+    def __enter__(self) -> TreeExecutor:
+        jina = Path(sys.executable).with_name("jina")
+        command = [str(jina), "executor", "--uses", "config.yml", "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            [*command, "--uses-with", json.dumps(self.uses_with)],
+            cwd=self.tree,
+            env={**os.environ, "PYTHONPATH": str(self.tree)},  # the tree's package, not the installed one
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 180
+        try:
+            while socket.socket().connect_ex(("127.0.0.1", self.port)) != 0:  # a bare Executor has no readiness call
+                assert self.process.poll() is None and time.monotonic() < deadline, f"{self.tree} did not start"
+                time.sleep(1)
+        except BaseException:
+            self.__exit__()
+            raise
+        self.pids = {self.process.pid, *descendant_pids_of(self.process.pid)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.killpg(self.process.pid, signal.SIGINT)
+        self.process.wait(timeout=60)
+
+    def measure(self, photos: list[bytes], clients: int) -> dict:
+        return measure_served(self.port, self.batch_size, self.pids, photos, clients)
+
+
+def measure_served(port: int, batch_size: int, pids: set[int], photos: list[bytes], clients: int) -> dict:
+    """Each client thread posts requests of ``batch_size`` photos; images/s over the wall time of all."""
+    requests_per_client = max(1, math.ceil(MIN_IMAGES / (clients * batch_size)))
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client_loop(offset: int, requests: int = requests_per_client) -> None:
+        client = Client(host="127.0.0.1", port=port)
+        for r in range(requests):
+            start = (offset * requests_per_client + r) * batch_size
+            chosen = [photos[(start + k) % len(photos)] for k in range(batch_size)]
+            docs = DocList[ImageDocument]([ImageDocument(bytes_=b) for b in chosen])
+            began = time.perf_counter()
+            answer = client.post("/", inputs=docs, request_size=batch_size, return_type=DocList[ImageDocument])
+            elapsed = time.perf_counter() - began
+            assert all(doc.embedding is not None for doc in answer), [doc.error for doc in answer]
+            with lock:
+                latencies.append(elapsed)
+
+    client_loop(0, requests=1)  # warm-up: a first request pays for lazy initialisation
+    latencies.clear()
+    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - began
+    images = clients * requests_per_client * batch_size
+    return {"images_per_s": images / wall, "latencies": latencies, "rss_mb": peak_rss_mb(pids)}
 
 
 def fast_mode_drift(model_dir: Path, photos: list[bytes]) -> dict:
     """Cosine between exact and fast embeddings of the same photos, and the mean pixel difference."""
     encoder = ImageEncoder(load_model(str(model_dir), device="cpu"), DecodeLimits())
-    exact = np.stack(list(encoder.encode(photos, preprocessing="exact")))
-    fast = np.stack(list(encoder.encode(photos, preprocessing="fast")))
+    exact = np.stack(list(encoder.encode(photos, EncoderOptions(preprocessing="exact"))))
+    fast = np.stack(list(encoder.encode(photos, EncoderOptions(preprocessing="fast"))))
     cosines = (exact * fast).sum(1) / (np.linalg.norm(exact, axis=1) * np.linalg.norm(fast, axis=1))
+    exact_mode, fast_mode = (Preprocessor(encoder.model.preprocess, mode) for mode in ("exact", "fast"))
     pixel_diff = [
-        np.abs(encoder.prepare(p).astype(int) - encoder.prepare(p, fast=True).astype(int)).mean() for p in photos
+        np.abs(encoder.prepare(p, exact_mode).astype(int) - encoder.prepare(p, fast_mode).astype(int)).mean()
+        for p in photos
     ]
     encoder.close()
     return {"min": float(cosines.min()), "mean": float(cosines.mean()), "pixel": float(np.mean(pixel_diff))}
 
 
 def run(
-    out: Path | None, batch_sizes: list[int], client_counts: list[int], set_names: list[str], repeat: int = 1
+    out: Path | None,
+    batch_sizes: list[int],
+    client_counts: list[int],
+    set_names: list[str],
+    repeat: int = 1,
+    compare_tree: Path | None = None,
 ) -> None:
     model_dir = make_vit_b32(Path(tempfile.mkdtemp()) / "vit-b32")
     photos, origin = source_photos()
@@ -266,6 +328,11 @@ def run(
             {**ours, "preprocessing": "fast", "keep_image_data": False},
         ),
     ]
+    if compare_tree is not None:  # before/after a change: two versions of our Executor, nothing else
+        systems = [
+            (f"before ({compare_tree.name})", compare_tree, ours),
+            ("after (this tree)", Path(__file__).resolve().parent.parent, ours),
+        ]
     first_port = 52000 + (os.getpid() % 500) * 8
     rows = []
     with CeilingProcess(model_dir) as ceiling_process:
@@ -276,7 +343,11 @@ def run(
             ]
             with contextlib.ExitStack() as stack:
                 served = {
-                    name: stack.enter_context(ServedSystem(executor, uses_with, batch_size, first_port + i))
+                    name: stack.enter_context(
+                        (TreeExecutor if isinstance(executor, Path) else ServedSystem)(
+                            executor, uses_with, batch_size, first_port + i
+                        )
+                    )
                     for i, (name, executor, uses_with) in enumerate(here)
                 }
                 for round_ in range(repeat):
@@ -311,14 +382,14 @@ def render(rows: list[Row], drift: dict | None, origin: str) -> str:
     baselines = {
         (r.set_name, r.batch_size, r.clients, r.round_): r.result["images_per_s"]
         for r in rows
-        if r.system.startswith("baseline")
+        if r.system.startswith(("baseline", "before"))
     }
 
     def ratios(row: Row) -> tuple[float | None, float | None]:
         """This row against the ceiling and the baseline of its own round."""
         speed = row.result["images_per_s"]
         baseline = baselines.get((row.set_name, row.batch_size, row.clients, row.round_))
-        compared = baseline and not row.system.startswith(("baseline", "ceiling"))
+        compared = baseline and not row.system.startswith(("baseline", "before", "ceiling"))
         vs_ceiling = speed / ceilings[(row.set_name, row.batch_size, row.round_)] if row.clients != "-" else None
         return vs_ceiling, (speed / baseline if compared else None)
 
@@ -330,7 +401,9 @@ def render(rows: list[Row], drift: dict | None, origin: str) -> str:
         cells.setdefault((row.set_name, row.batch_size, row.clients, row.system), []).append(row)
     rounds = max(row.round_ for row in rows) + 1
     lines = [
-        "# Throughput: ours against the model-only ceiling and the seed-style baseline",
+        "# Throughput: our Executor before and after a change, against the model-only ceiling"
+        if any(row.system.startswith("before") for row in rows)
+        else "# Throughput: ours against the model-only ceiling and the seed-style baseline",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} torch threads, float32, cpu. Model: ViT-B/32-shaped CLIP vision tower, "
@@ -397,10 +470,15 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", choices=("small", "large"), default=["small", "large"])
     parser.add_argument("--min-images", type=int, default=MIN_IMAGES, help="images per cell, at least")
     parser.add_argument("--repeat", type=int, default=3, help="rounds: every system and the ceiling, in turn")
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="compare our Executor before (a checkout of another commit, e.g. made with git worktree) and after",
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     MIN_IMAGES = args.min_images
-    run(args.out, args.batch_sizes, args.clients, args.sets, args.repeat)
+    run(args.out, args.batch_sizes, args.clients, args.sets, args.repeat, args.compare_tree)
     print(f"benchmark process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

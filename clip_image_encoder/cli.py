@@ -4,97 +4,48 @@
     clip-image-encoder similarity A.jpg B.jpg
     clip-image-encoder index DATA --db DIR
     clip-image-encoder search QUERY.jpg --db DIR -k 10
-    clip-image-encoder serve [--port 51000] [--search --db DIR]
+    clip-image-encoder serve [--config config.yml] [--port 51000] [--search --db DIR]
     clip-image-encoder export --format onnx|torchscript --out DIR
+    clip-image-encoder options [--format yaml|markdown]
 
-Every command uses the same encoding pipeline as the Executor; the encoder flags are read from
-the Executor's own arguments, so their names and defaults cannot drift apart.
+Every command uses the same pipeline as the Executor, and its encoder flags come from the one
+declaration of the options (`clip_image_encoder.options`).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import functools
-import inspect
-import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import yaml
 from tqdm import tqdm
 
-from clip_image_encoder.decoding import DecodeLimits, ImageInputError
-from clip_image_encoder.encoding import PREPROCESSING_MODES, ImageEncoder, ImageItem
-from clip_image_encoder.model import BACKENDS, configure_process, load_model
-from clip_image_encoder.outputs import FORMATS, EmbeddingTable, read_embeddings, write_embeddings
-from clip_image_encoder.postprocessing import OUTPUT_DTYPES, OutputOptions
-from clip_image_encoder.preprocessing import ROTATIONS
+from clip_image_encoder.embedding_files import FORMATS, EmbeddingTable, read_embeddings, write_embeddings
+from clip_image_encoder.errors import EmbeddingError
+from clip_image_encoder.exported import EXPORT_FILES
+from clip_image_encoder.options import OPTIONS, EncoderOptions, add_arguments, config_yaml, markdown_table, spec
+from clip_image_encoder.pipeline import EncodeResult, ImageEncoder, ImageItem
 from clip_image_encoder.similarity import cosine_similarity
+
+if TYPE_CHECKING:
+    from clip_image_encoder.vector_store import VectorIndex
 
 CHECKPOINT_EVERY = 5000
 """``embed`` rewrites its output every this many new embeddings, so ``--resume`` loses little."""
+DEFAULT_CONFIG = Path("config.yml")
 
-_ENCODER_FLAGS = (
-    "pretrained_model_name_or_path",
-    "device",
-    "dtype",
-    "backend",
-    "batch_size",
-    "normalize",
-    "quantize",
-    "embed_dim",
-    "output_dtype",
-    "rotation",
-    "preprocessing",
-    "num_workers",
-    "num_threads",
-    "keep_activation_memory",
-    "max_image_pixels",
-)
-_CHOICES = {
-    "preprocessing": PREPROCESSING_MODES,
-    "dtype": ("auto", "float32", "float16", "bfloat16", "int8"),
-    "output_dtype": OUTPUT_DTYPES,
-    "backend": BACKENDS,
-    "rotation": tuple(ROTATIONS),
-}
+FOLDER_OPTIONS = [name for name, option in OPTIONS.items() if not spec(option).serving_only]
+"""The options of the commands that embed files (the others concern Documents and remote uris)."""
 
 
-def _executor_arguments() -> dict[str, tuple[object, str]]:
-    """The Executor's constructor defaults and ``:param:`` texts: the one source of truth for the flags."""
-    from clip_image_encoder.executor import CLIPImageEncoder
-
-    parameters = inspect.signature(CLIPImageEncoder.__init__).parameters
-    texts = dict(re.findall(r":param (\w+): (.*?)(?=\n\s*:param |\Z)", CLIPImageEncoder.__init__.__doc__ or "", re.S))
-    return {
-        name: (p.default, " ".join(texts.get(name, "").split()))
-        for name, p in parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
-def _add_encoder_flags(parser: argparse.ArgumentParser, names: Sequence[str] = _ENCODER_FLAGS) -> None:
-    arguments = _executor_arguments()
-    for name in names:
-        default, text = arguments[name]
-        flags = ["--model", f"--{name}"] if name == "pretrained_model_name_or_path" else [f"--{name.replace('_', '-')}"]
-        help_text = text.replace("%", "%%")
-        if isinstance(default, bool):  # BooleanOptionalAction adds the default itself
-            parser.add_argument(
-                *flags, dest=name, action=argparse.BooleanOptionalAction, default=default, help=help_text
-            )
-        else:
-            parser.add_argument(
-                *flags,
-                dest=name,
-                type=type(default),
-                default=default,
-                choices=_CHOICES.get(name),
-                help=help_text + " (default: %(default)s)",
-            )
+def _options_from(args: argparse.Namespace) -> EncoderOptions:
+    return EncoderOptions(**{name: getattr(args, name) for name in OPTIONS if hasattr(args, name)})
 
 
 def _model_identity(name_or_path: str) -> str:
@@ -103,24 +54,8 @@ def _model_identity(name_or_path: str) -> str:
     return str(folder.resolve()) if folder.is_dir() else name_or_path
 
 
-def _encoder_from(args: argparse.Namespace) -> ImageEncoder:
-    configure_process(args.num_threads, keep_activation_memory=args.keep_activation_memory)
-    load = functools.partial(
-        load_model, args.pretrained_model_name_or_path, device=args.device, dtype=args.dtype, backend=args.backend
-    )
-    return ImageEncoder(load, DecodeLimits(max_image_pixels=args.max_image_pixels), num_workers=args.num_workers)
-
-
-def _encode_paths(encoder: ImageEncoder, paths: Sequence[Path], args: argparse.Namespace) -> Iterator:
-    output = OutputOptions(
-        normalize=args.normalize, quantize=args.quantize, embed_dim=args.embed_dim or None, dtype=args.output_dtype
-    )
-    return encoder.encode(
-        (ImageItem(str(path), rotation=args.rotation) for path in paths),
-        batch_size=args.batch_size,
-        output=output,
-        preprocessing=args.preprocessing,
-    )
+def _encode_paths(encoder: ImageEncoder, paths: Sequence[Path], options: EncoderOptions) -> Iterator[EncodeResult]:
+    return encoder.encode((ImageItem(str(path), rotation=options.rotation) for path in paths), options)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -140,16 +75,18 @@ def embed_folder(args: argparse.Namespace) -> int:
         return _fail(f"{out} exists: pass --overwrite to replace it or --resume to add the missing files")
     table = read_embeddings(out, args.format) if args.resume and out.exists() else EmbeddingTable()
     done = set(table.filenames)
-    names = list(table.filenames)
-    vectors = list(table.embeddings)
+    names, vectors = list(table.filenames), list(table.embeddings)
     todo = [path for path in list_images(data) if path.relative_to(data).as_posix() not in done]
-    encoder = _encoder_from(args)
+    options = _options_from(args)
     errors: list[tuple[str, str]] = []
     started = time.perf_counter()
-    with tqdm(total=len(todo), unit="img", desc="embedding", disable=args.quiet) as progress:
-        for path, result in zip(todo, _encode_paths(encoder, todo, args), strict=True):
+    with (
+        ImageEncoder.from_options(options) as encoder,
+        tqdm(total=len(todo), unit="img", desc="embedding", disable=args.quiet) as progress,
+    ):
+        for path, result in zip(todo, _encode_paths(encoder, todo, options), strict=True):
             name = path.relative_to(data).as_posix()
-            if isinstance(result, ImageInputError):
+            if isinstance(result, EmbeddingError):
                 errors.append((name, str(result)))
             else:
                 names.append(name)
@@ -157,7 +94,6 @@ def embed_folder(args: argparse.Namespace) -> int:
                 if len(names) % CHECKPOINT_EVERY == 0:
                     write_embeddings(out, _table(names, vectors), args.format)
             progress.update()
-    encoder.close()
     write_embeddings(out, _table(names, vectors), args.format)
     elapsed = time.perf_counter() - started
     embedded = len(todo) - len(errors)
@@ -179,60 +115,68 @@ def _table(names: list[str], vectors: list[np.ndarray]) -> EmbeddingTable:
 
 
 def similarity(args: argparse.Namespace) -> int:
-    encoder = _encoder_from(args)
-    first, second = list(_encode_paths(encoder, [Path(args.a), Path(args.b)], args))
-    encoder.close()
+    options = _options_from(args)
+    with ImageEncoder.from_options(options) as encoder:
+        first, second = list(_encode_paths(encoder, [Path(args.a), Path(args.b)], options))
     for path, result in ((args.a, first), (args.b, second)):
-        if isinstance(result, ImageInputError):
+        if isinstance(result, EmbeddingError):
             return _fail(f"{path}: {result}")
     print(f"{cosine_similarity(first, second):.6f}")
     return 0
 
 
-def index_folder(args: argparse.Namespace) -> int:
-    from clip_image_encoder.index import VectorIndex
+def _open_index(db: str, options: EncoderOptions) -> VectorIndex:
+    """The index folder, checked to hold embeddings of this model (lazy import: faiss is only needed here)."""
+    from clip_image_encoder.vector_store import VectorIndex
 
+    return VectorIndex(Path(db), model_name=_model_identity(options.pretrained_model_name_or_path))
+
+
+def index_folder(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve()
     if not data.is_dir():
         return _fail(f"{data} is not a folder")
-    index = VectorIndex(Path(args.db), model_name=_model_identity(args.pretrained_model_name_or_path))
+    options = _options_from(args)
     paths = list_images(data)
-    encoder = _encoder_from(args)
     keys, vectors, failures = [], [], 0
-    for path, result in tqdm(
-        zip(paths, _encode_paths(encoder, paths, args), strict=True), total=len(paths), unit="img"
-    ):
-        if isinstance(result, ImageInputError):
-            failures += 1
-            print(f"skipped {path}: {result}", file=sys.stderr)
-            continue
-        keys.append(str(path))
-        vectors.append(result)
-        if len(keys) == args.batch_size * 8:
-            index.upsert(keys, np.stack(vectors))
-            keys, vectors = [], []
-    index.upsert(keys, np.stack(vectors) if vectors else np.zeros((0, 0), np.float32))
-    encoder.close()
-    print(f"indexed {len(paths) - failures} images from {data}; {len(index)} in {args.db}; {failures} skipped")
-    index.close()
+    with _open_index(args.db, options) as index, ImageEncoder.from_options(options) as encoder:
+        results = _encode_paths(encoder, paths, options)
+        for path, result in tqdm(zip(paths, results, strict=True), total=len(paths), unit="img"):
+            if isinstance(result, EmbeddingError):
+                failures += 1
+                print(f"skipped {path}: {result}", file=sys.stderr)
+                continue
+            keys.append(str(path))
+            vectors.append(result)
+            if len(keys) == options.batch_size * 8:
+                index.upsert(keys, np.stack(vectors))
+                keys, vectors = [], []
+        index.upsert(keys, np.stack(vectors) if vectors else np.zeros((0, 0), np.float32))
+        print(f"indexed {len(paths) - failures} images from {data}; {len(index)} in {args.db}; {failures} skipped")
     return 0
 
 
 def search(args: argparse.Namespace) -> int:
-    from clip_image_encoder.index import VectorIndex
-
     if not Path(args.db).is_dir():
         return _fail(f"{args.db} holds no index: build one with 'clip-image-encoder index DATA --db {args.db}'")
-    index = VectorIndex(Path(args.db), model_name=_model_identity(args.pretrained_model_name_or_path))
-    encoder = _encoder_from(args)
-    (query,) = list(_encode_paths(encoder, [Path(args.query)], args))
-    encoder.close()
-    if isinstance(query, ImageInputError):
-        return _fail(f"{args.query}: {query}")
-    for rank, (key, score) in enumerate(index.search(query, args.k), start=1):
-        print(f"{rank:>3}  {score:.4f}  {key}")
-    index.close()
+    options = _options_from(args)
+    with _open_index(args.db, options) as index:
+        with ImageEncoder.from_options(options) as encoder:
+            (query,) = list(_encode_paths(encoder, [Path(args.query)], options))
+        if isinstance(query, EmbeddingError):
+            return _fail(f"{args.query}: {query}")
+        for rank, (key, score) in enumerate(index.search(query, args.k), start=1):
+            print(f"{rank:>3}  {score:.4f}  {key}")
     return 0
+
+
+def serving_options(config: Path | None, given: dict[str, Any]) -> EncoderOptions:
+    """The ``with:`` of a Jina config file (``config.yml``), overridden by the flags given on the command line."""
+    with_block: dict[str, Any] = {}
+    if config is not None:
+        document = yaml.safe_load(config.read_text()) or {}
+        with_block = document.get("with") or {}
+    return EncoderOptions.from_mapping({**with_block, **given})
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -240,8 +184,14 @@ def serve(args: argparse.Namespace) -> int:
 
     from clip_image_encoder.executor import CLIPImageEncoder
 
-    uses_with = {name: getattr(args, name) for name in _ENCODER_FLAGS}
-    flow = Flow(port=args.port, protocol=args.protocol).add(name="encoder", uses=CLIPImageEncoder, uses_with=uses_with)
+    config = args.config if args.config is not None or not DEFAULT_CONFIG.is_file() else DEFAULT_CONFIG
+    if config is not None and not Path(config).is_file():
+        return _fail(f"config file {config} does not exist")
+    given = {name: getattr(args, name) for name in OPTIONS if hasattr(args, name)}
+    options = serving_options(Path(config) if config else None, given)
+    flow = Flow(port=args.port, protocol=args.protocol).add(
+        name="encoder", uses=CLIPImageEncoder, uses_with=options.as_dict()
+    )
     if args.search:
         from clip_image_encoder.indexer import ImageIndexer
 
@@ -252,13 +202,18 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    from clip_image_encoder.export import export_model
+    from clip_image_encoder.exported import export_model
+    from clip_image_encoder.model_loading import load_model
 
     model = load_model(args.pretrained_model_name_or_path, device="cpu", dtype="float32")
     target = export_model(model, args.format, Path(args.out))
     print(f"exported {args.pretrained_model_name_or_path} as {args.format} to {target}")
-    if args.format == "onnx":
-        print(f"serve it with: --backend onnx --model {args.out}")
+    print(f"serve it with: --backend {args.format} --model {args.out}")
+    return 0
+
+
+def show_options(args: argparse.Namespace) -> int:
+    print(config_yaml() if args.format == "yaml" else markdown_table(), end="")
     return 0
 
 
@@ -278,41 +233,52 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--overwrite", action="store_true", help="replace an existing output")
     embed.add_argument("--resume", action="store_true", help="keep an existing output and embed only the missing files")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_encoder_flags(embed)
+    add_arguments(embed, FOLDER_OPTIONS)
     embed.set_defaults(handler=embed_folder)
 
     compare = commands.add_parser("similarity", help="cosine similarity of two images")
     compare.add_argument("a")
     compare.add_argument("b")
-    _add_encoder_flags(compare)
+    add_arguments(compare, FOLDER_OPTIONS)
     compare.set_defaults(handler=similarity)
 
     index = commands.add_parser("index", help="add every image under a folder to a search index")
     index.add_argument("data")
     index.add_argument("--db", required=True, help="index folder (created if missing)")
-    _add_encoder_flags(index)
+    add_arguments(index, FOLDER_OPTIONS)
     index.set_defaults(handler=index_folder)
 
     find = commands.add_parser("search", help="the indexed images most similar to a query image")
     find.add_argument("query")
     find.add_argument("--db", required=True)
     find.add_argument("-k", type=int, default=10, help="how many results")
-    _add_encoder_flags(find)
+    add_arguments(find, FOLDER_OPTIONS)
     find.set_defaults(handler=search)
 
     exporter = commands.add_parser("export", help="export the model to ONNX or TorchScript (a loadable folder)")
-    exporter.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    exporter.add_argument("--format", choices=tuple(EXPORT_FILES), default="onnx")
     exporter.add_argument("--out", required=True, help="output folder")
-    _add_encoder_flags(exporter, ["pretrained_model_name_or_path"])
+    add_arguments(exporter, ["pretrained_model_name_or_path"])
     exporter.set_defaults(handler=export)
 
-    server = commands.add_parser("serve", help="serve the Executor (or the search Flow) with config.yml's arguments")
+    server = commands.add_parser(
+        "serve", help="serve the Executor (or the search Flow): options from --config, overridden by flags"
+    )
+    server.add_argument(
+        "--config",
+        default=None,
+        help=f"Jina config whose 'with:' gives the options (default: {DEFAULT_CONFIG} when it exists here)",
+    )
     server.add_argument("--port", type=int, default=51000)
     server.add_argument("--protocol", choices=("grpc", "http", "websocket"), default="grpc")
     server.add_argument("--search", action="store_true", help="serve the search Flow: /index and /search")
     server.add_argument("--db", default="index", help="index folder of the search Flow")
-    _add_encoder_flags(server)
+    add_arguments(server, defaults=False)
     server.set_defaults(handler=serve)
+
+    listing = commands.add_parser("options", help="print every option: config.yml's 'with:' or the README's table")
+    listing.add_argument("--format", choices=("yaml", "markdown"), default="yaml")
+    listing.set_defaults(handler=show_options)
     return parser
 
 

@@ -1,142 +1,52 @@
-"""Turn what a client sends (encoded bytes, a uri, a decoded array) into an RGB PIL image.
+"""Image codecs: encoded bytes or a decoded array in, an RGB Pillow image (EXIF orientation applied) out.
 
-Everything that can go wrong with one input is raised here as `ImageInputError`, whose
-message is written for the client: the callers attach it to that input alone and carry on.
+Each function refuses an image that declares more than ``max_pixels`` pixels before any pixel is
+decoded, and raises an `ImageInputError` subclass whose message is written for the client.
 """
 
 from __future__ import annotations
 
-import base64
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
-from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-ImageSource = bytes | str | np.ndarray
-"""Encoded image bytes, a uri (local path, ``file://``, ``data:``, ``http(s)://``) or an array."""
+from clip_image_encoder.errors import ImageInputError, ImageTooLargeError, UndecodableImageError
 
 _HIGH_BIT_DEPTH_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
-_REMOTE_SCHEMES = {"http", "https"}
 
 
-class ImageInputError(ValueError):
-    """One input cannot become an image; the message says what was wrong with it."""
+def decode_bytes(data: bytes, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+    """Decode an encoded image file.
 
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    """What the service agrees to read and decode, so that one input cannot exhaust it."""
-
-    max_image_pixels: int = 64_000_000
-    """Images whose header declares more pixels are refused before decoding (decompression bombs)."""
-    allow_remote_uris: bool = False
-    """Fetch ``http(s)://`` uris. Off by default: a client must not make the server reach the network."""
-    remote_timeout_s: float = 10.0
-    """Connect and read timeout of one remote fetch, in seconds."""
-    max_remote_bytes: int = 32 * 2**20
-    """Largest remote body that is read, in bytes."""
-
-
-def load_image(source: ImageSource | None, limits: DecodeLimits, draft_size: int | None = None) -> Image.Image:
-    """Decode any supported source into an RGB image, EXIF orientation applied.
-
-    ``draft_size`` lets JPEG decoding scale down in the DCT domain (Pillow ``draft``) to no
-    less than ``draft_size`` pixels on each side: much cheaper for large photos, but not
-    bit-identical to a full decode, so only the fast preprocessing mode passes it.
+    ``draft_size`` lets JPEG decoding scale down in the DCT domain (Pillow ``draft``) to no less
+    than ``draft_size`` pixels on each side: much cheaper for large photos, but not bit-identical
+    to a full decode, so only the fast preprocessing mode passes it.
     """
-    if source is None:
-        raise ImageInputError("no image: set one of tensor, bytes_ or url")
-    if isinstance(source, np.ndarray):
-        return image_from_array(source, limits)
-    if isinstance(source, str):
-        source = read_uri(source, limits)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode_bytes(bytes(source), limits, draft_size)
-    raise ImageInputError(f"unsupported image source of type {type(source).__name__}")
-
-
-def read_uri(uri: str, limits: DecodeLimits) -> bytes:
-    """Read the bytes behind a local path, ``file://``, ``data:`` or (if allowed) ``http(s)://`` uri."""
-    if not uri:
-        raise ImageInputError("empty uri")
-    scheme = urllib.parse.urlsplit(uri).scheme.lower()
-    if scheme == "data":
-        return _read_data_uri(uri)
-    if scheme in _REMOTE_SCHEMES:
-        return _read_remote(uri, limits)
-    if scheme == "file":
-        path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(uri).path))
-    elif scheme and len(scheme) > 1:  # one letter is a Windows drive, not a scheme
-        raise ImageInputError(f"uri {uri!r} has unsupported scheme {scheme!r}")
-    else:
-        path = Path(uri)
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ImageInputError(f"uri {uri!r}: no such file") from None
-    except OSError as exc:
-        raise ImageInputError(f"uri {uri!r} cannot be read ({exc.strerror or exc})") from None
-
-
-def _read_data_uri(uri: str) -> bytes:
-    header, comma, payload = uri.partition(",")
-    if not comma:
-        raise ImageInputError("data uri has no ',' before its payload")
-    try:
-        if header.endswith(";base64"):
-            return base64.b64decode(payload, validate=True)
-        return urllib.parse.unquote_to_bytes(payload)
-    except ValueError as exc:
-        raise ImageInputError(f"data uri payload is not valid base64 ({exc})") from None
-
-
-def _read_remote(uri: str, limits: DecodeLimits) -> bytes:
-    if not limits.allow_remote_uris:
-        raise ImageInputError(
-            f"uri {uri!r} is remote and remote fetching is disabled "
-            "(start the encoder with allow_remote_uris=True to enable it)"
-        )
-    try:
-        with urllib.request.urlopen(uri, timeout=limits.remote_timeout_s) as response:
-            body = response.read(limits.max_remote_bytes + 1)
-    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
-        raise ImageInputError(f"uri {uri!r} could not be fetched ({exc})") from None
-    if len(body) > limits.max_remote_bytes:
-        raise ImageInputError(f"uri {uri!r} is larger than max_remote_bytes={limits.max_remote_bytes}")
-    return body
-
-
-def decode_bytes(data: bytes, limits: DecodeLimits, draft_size: int | None = None) -> Image.Image:
-    """Decode encoded image bytes, refusing oversized images before any pixel is decoded."""
     if not data:
-        raise ImageInputError("image bytes are empty")
+        raise UndecodableImageError("image bytes are empty")
     try:
         with warnings.catch_warnings():
-            # Our own max_image_pixels replaces Pillow's global bomb warning.
+            # Our own max_pixels replaces Pillow's global bomb warning.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(BytesIO(data))
-            _check_pixel_count(image.width, image.height, limits)
+            _check_pixel_count(image.width, image.height, max_pixels)
             if draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
     except ImageInputError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageInputError(f"image is too large to decode ({exc})") from None
+        raise ImageTooLargeError(f"image is too large to decode ({exc})") from None
     except Image.UnidentifiedImageError:
-        raise ImageInputError("not a decodable image (unknown or unsupported image format)") from None
+        raise UndecodableImageError("not a decodable image (unknown or unsupported image format)") from None
     except Exception as exc:  # Pillow raises many types for broken files; all mean the same here
-        raise ImageInputError(f"not a decodable image ({exc})") from None
+        raise UndecodableImageError(f"not a decodable image ({exc})") from None
     return to_rgb(ImageOps.exif_transpose(image))
 
 
-def image_from_array(array: np.ndarray, limits: DecodeLimits) -> Image.Image:
+def image_from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
     """Wrap a decoded ``(H, W)``, ``(H, W, 1|3|4)`` array of 0..255 integers as an RGB image."""
     if np.issubdtype(array.dtype, np.integer) and array.dtype != np.uint8:
         # JSON (Jina's HTTP protocol) carries pixels as int64: accept any integers that are bytes.
@@ -157,7 +67,7 @@ def image_from_array(array: np.ndarray, limits: DecodeLimits) -> Image.Image:
     height, width = array.shape[:2]
     if height == 0 or width == 0:
         raise ImageInputError(f"tensor of shape {tuple(array.shape)} is an empty image")
-    _check_pixel_count(width, height, limits)
+    _check_pixel_count(width, height, max_pixels)
     return to_rgb(Image.fromarray(np.ascontiguousarray(array)))
 
 
@@ -179,8 +89,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _check_pixel_count(width: int, height: int, limits: DecodeLimits) -> None:
+def _check_pixel_count(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
-        raise ImageInputError(f"image has no pixels ({width}x{height})")
-    if width * height > limits.max_image_pixels:
-        raise ImageInputError(f"image of {width}x{height} pixels exceeds max_image_pixels={limits.max_image_pixels}")
+        raise UndecodableImageError(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"image of {width}x{height} pixels exceeds max_image_pixels={max_pixels}")

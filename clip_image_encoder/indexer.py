@@ -8,8 +8,8 @@ import numpy as np
 from docarray import DocList
 from jina import Executor, requests
 
-from clip_image_encoder.executor import ImageDocument, ImageMatch
-from clip_image_encoder.index import VectorIndex
+from clip_image_encoder.documents import ImageDocument, ImageMatch
+from clip_image_encoder.vector_store import VectorIndex
 
 
 class ImageIndexer(Executor):

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clip_image_encoder.options import EncoderOptions
 from clip_image_encoder.similarity import l2_normalize
 
 QUANTIZATION_SCALE = 127
 """int8 embeddings are ``round(127 * v / |v|)``: ``dot(qa, qb) / 127**2`` approximates ``cos(a, b)``."""
-
-OUTPUT_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -30,19 +29,15 @@ class OutputOptions:
     dtype: str = "float32"
     """float32 or float16, for non-quantised output."""
 
-    def __post_init__(self) -> None:
-        if self.dtype not in OUTPUT_DTYPES:
-            raise ValueError(f"output dtype must be one of {OUTPUT_DTYPES}, got {self.dtype!r}")
-        if self.embed_dim is not None and self.embed_dim < 1:
-            raise ValueError(f"embed_dim must be at least 1, got {self.embed_dim}")
+    @classmethod
+    def from_options(cls, options: EncoderOptions) -> OutputOptions:
+        """The output part of validated encoder options."""
+        return cls(options.normalize, options.quantize, options.embed_dim or None, options.output_dtype)
 
 
 def apply_output_options(embeddings: np.ndarray, options: OutputOptions) -> np.ndarray:
     """``(N, D)`` float32 model output -> ``(N, embed_dim or D)`` in the asked form."""
-    dim = embeddings.shape[-1]
     if options.embed_dim is not None:
-        if options.embed_dim > dim:
-            raise ValueError(f"embed_dim={options.embed_dim} is larger than the model's {dim} dimensions")
         embeddings = embeddings[..., : options.embed_dim]
     if options.quantize:
         unit = l2_normalize(embeddings)

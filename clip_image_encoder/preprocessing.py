@@ -1,9 +1,16 @@
-"""Preprocessing as data: one config read from the model's ``preprocessor_config.json``.
+"""Preprocessing: a config read from the model's ``preprocessor_config.json``, and the one object it builds.
 
-The steps match the Hugging Face ``CLIPImageProcessor`` (PIL backend) numerically: resize of
-the short side with the configured resample, centre crop (zero padding where the image is
-smaller), rescale, normalise. Resize and crop run per image in Pillow (images differ in
-size); rescale and normalise run once per batch as torch tensor ops.
+`PreprocessConfig` is data, in Hugging Face's keys. `Preprocessor` owns every step from a decoded
+image to the model's input batch, in two stages:
+
+- per image (in the decode threads; images differ in size): the client's view (roi, rotation),
+  then resize of the short side and centre crop (zero padding where the image is smaller), in
+  Pillow, giving ``(H, W, 3)`` uint8;
+- per batch: rescale and normalise once, as torch tensor ops, giving ``(N, 3, H, W)`` float32.
+
+The steps match the Hugging Face ``CLIPImageProcessor`` (PIL backend) numerically. The fast mode
+is the preprocessor's business alone: a reduced-size JPEG decode (`draft_size`) and a two-step
+resize, which differ slightly from the reference.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ import torch
 from PIL import Image
 from transformers.image_processing_base import ImageProcessingMixin
 
-from clip_image_encoder.decoding import ImageInputError
+from clip_image_encoder.errors import ImageInputError
+from clip_image_encoder.options import PREPROCESSING_MODES, ROTATIONS
 
 FAST_DRAFT_FACTOR = 2
 """Fast mode lets JPEG decoding shrink an image to no less than this many times the resize target."""
@@ -105,20 +113,102 @@ class PreprocessConfig:
             return self.size
         raise ValueError("a shortest_edge resize without centre crop gives inputs of varying size")
 
-    @property
-    def draft_size(self) -> int:
-        """Smallest side the fast mode lets the JPEG decoder shrink an image to."""
-        target = self.shortest_edge or max(self.size or self.crop_size)
-        return FAST_DRAFT_FACTOR * target
 
-
-ROTATIONS = {
-    0: None,
+_TRANSPOSES = {
     90: Image.Transpose.ROTATE_90,
     180: Image.Transpose.ROTATE_180,
     270: Image.Transpose.ROTATE_270,
 }
 """Explicit rotations, in degrees counter-clockwise (as ``numpy.rot90`` and ``Image.rotate``)."""
+
+
+class Preprocessor:
+    """A model's preprocessing in one mode: ``exact`` (the reference's numbers) or ``fast``."""
+
+    def __init__(self, config: PreprocessConfig, mode: str = "exact") -> None:
+        if mode not in PREPROCESSING_MODES:
+            raise ValueError(f"preprocessing must be one of {', '.join(PREPROCESSING_MODES)}, got {mode!r}")
+        self.config = config
+        self.fast = mode == "fast"
+
+    def draft_size(self, roi: tuple[int, int, int, int] | None = None) -> int | None:
+        """Smallest side the JPEG decoder may shrink an image to; None (full decode) unless fast.
+
+        A roi is in full-size pixel coordinates, so an image with one is decoded in full.
+        """
+        if not self.fast or roi is not None:
+            return None
+        target = self.config.shortest_edge or max(self.config.size or self.config.crop_size)
+        return FAST_DRAFT_FACTOR * target
+
+    def image(self, image: Image.Image, roi: tuple[int, int, int, int] | None = None, rotation: int = 0) -> np.ndarray:
+        """The per-image stage: the client's view of one RGB image, resized and cropped: ``(H, W, 3)`` uint8."""
+        return self.resize_and_crop(select_view(image, roi, rotation))
+
+    def resize_and_crop(self, image: Image.Image) -> np.ndarray:
+        """Resize and centre-crop one RGB image: ``(H, W, 3)`` uint8 at ``config.output_size``."""
+        config = self.config
+        if config.do_resize:
+            width, height = _resized_width_height(image.width, image.height, config)
+            if (width, height) != image.size:
+                image = image.resize(
+                    (width, height),
+                    resample=config.resample,
+                    reducing_gap=FAST_REDUCING_GAP if self.fast else None,
+                )
+        if config.do_center_crop:
+            crop_height, crop_width = config.crop_size
+            # Pillow fills the part of the box outside the image with zeros, as the reference pads.
+            top = (image.height - crop_height) // 2
+            left = (image.width - crop_width) // 2
+            image = image.crop((left, top, left + crop_width, top + crop_height))
+        return np.asarray(image)
+
+    def model_input(self, array: np.ndarray) -> np.ndarray:
+        """Validate a client's already preprocessed ``(3, H, W)`` float input, which skips preprocessing."""
+        expected = (3, *self.config.output_size)
+        if tuple(array.shape) != expected:
+            raise ImageInputError(f"preprocessed tensor has shape {tuple(array.shape)}, the model expects {expected}")
+        model_input = array.astype(np.float32, copy=False)
+        if not np.isfinite(model_input).all():
+            raise ImageInputError("preprocessed tensor contains NaN or infinite values")
+        return model_input
+
+    def batch(self, prepared: list[np.ndarray]) -> torch.Tensor:
+        """The per-batch stage: ``(H, W, 3)`` uint8 pixels and ready ``(3, H, W)`` float32 inputs, in their
+        order, into one ``(N, 3, H, W)`` float32 batch; pixels are rescaled and normalised here, once.
+        """
+        pixel_rows = [i for i, item in enumerate(prepared) if item.dtype == np.uint8]
+        if len(pixel_rows) == len(prepared):
+            return self._normalized(prepared)
+        batch = torch.empty(len(prepared), 3, *self.config.output_size)
+        if pixel_rows:
+            batch[pixel_rows] = self._normalized([prepared[i] for i in pixel_rows])
+        for i, item in enumerate(prepared):
+            if item.dtype != np.uint8:
+                batch[i] = torch.from_numpy(item)
+        return batch
+
+    def _normalized(self, pixels: list[np.ndarray]) -> torch.Tensor:
+        # Converting straight into contiguous channels-first memory keeps the in-place ops below on dense
+        # memory: about 3x faster than converting the strided view and copying at the end (same values).
+        batch = (
+            torch.from_numpy(np.stack(pixels))
+            .permute(0, 3, 1, 2)
+            .to(torch.float32, memory_format=torch.contiguous_format)
+        )
+        if self.config.do_rescale:
+            batch.mul_(self.config.rescale_factor)
+        if self.config.do_normalize:
+            mean = torch.tensor(self.config.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+            std = torch.tensor(self.config.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+            batch.sub_(mean).div_(std)
+        return batch
+
+
+def is_model_input(array: np.ndarray) -> bool:
+    """A float array with 3 leading channels is a preprocessed model input, not pixels."""
+    return np.issubdtype(array.dtype, np.floating) and array.ndim == 3 and array.shape[0] == 3
 
 
 def select_view(image: Image.Image, roi: tuple[int, int, int, int] | None = None, rotation: int = 0) -> Image.Image:
@@ -128,7 +218,7 @@ def select_view(image: Image.Image, roi: tuple[int, int, int, int] | None = None
     already applied); ``rotation`` is 0, 90, 180 or 270 degrees counter-clockwise.
     """
     if rotation not in ROTATIONS:
-        raise ImageInputError(f"rotation {rotation} is not one of 0, 90, 180, 270")
+        raise ImageInputError(f"rotation {rotation} is not one of {', '.join(map(str, ROTATIONS))}")
     if roi is not None:
         if len(roi) != 4:
             raise ImageInputError(f"roi {list(roi)} must be [x, y, width, height]")
@@ -140,31 +230,7 @@ def select_view(image: Image.Image, roi: tuple[int, int, int, int] | None = None
                 f"roi {list(roi)} (x, y, width, height) reaches outside the {image.width}x{image.height} image"
             )
         image = image.crop((x, y, x + width, y + height))
-    transpose = ROTATIONS[rotation]
-    return image if transpose is None else image.transpose(transpose)
-
-
-def resize_and_crop(image: Image.Image, config: PreprocessConfig, fast: bool = False) -> np.ndarray:
-    """Resize and centre-crop one RGB image: returns ``(H, W, 3)`` uint8 at ``config.output_size``.
-
-    ``fast`` resizes in two steps (``reducing_gap``), which is much cheaper for large images
-    and differs slightly from the reference.
-    """
-    if config.do_resize:
-        width, height = _resized_width_height(image.width, image.height, config)
-        if (width, height) != image.size:
-            image = image.resize(
-                (width, height),
-                resample=config.resample,
-                reducing_gap=FAST_REDUCING_GAP if fast else None,
-            )
-    if config.do_center_crop:
-        crop_height, crop_width = config.crop_size
-        # Pillow fills the part of the box outside the image with zeros, as the reference pads.
-        top = (image.height - crop_height) // 2
-        left = (image.width - crop_width) // 2
-        image = image.crop((left, top, left + crop_width, top + crop_height))
-    return np.asarray(image)
+    return image if rotation == 0 else image.transpose(_TRANSPOSES[rotation])
 
 
 def _resized_width_height(width: int, height: int, config: PreprocessConfig) -> tuple[int, int]:
@@ -175,35 +241,3 @@ def _resized_width_height(width: int, height: int, config: PreprocessConfig) -> 
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = config.shortest_edge, int(config.shortest_edge * long / short)
     return (new_short, new_long) if width <= height else (new_long, new_short)
-
-
-def to_model_input(pixels: list[np.ndarray], config: PreprocessConfig) -> torch.Tensor:
-    """Stack ``(H, W, 3)`` uint8 images into a ``(N, 3, H, W)`` float32 batch, rescaled and normalised."""
-    # Converting straight into contiguous channels-first memory keeps the in-place ops below on dense
-    # memory: about 3x faster than converting the strided view and copying at the end (same values).
-    batch = (
-        torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-    )
-    if config.do_rescale:
-        batch.mul_(config.rescale_factor)
-    if config.do_normalize:
-        mean = torch.tensor(config.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(config.image_std, dtype=torch.float32).view(1, 3, 1, 1)
-        batch.sub_(mean).div_(std)
-    return batch
-
-
-def check_model_input(array: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """Validate a client's already preprocessed ``(3, H, W)`` float input, which skips preprocessing."""
-    expected = (3, *config.output_size)
-    if tuple(array.shape) != expected:
-        raise ImageInputError(f"preprocessed tensor has shape {tuple(array.shape)}, the model expects {expected}")
-    model_input = array.astype(np.float32, copy=False)
-    if not np.isfinite(model_input).all():
-        raise ImageInputError("preprocessed tensor contains NaN or infinite values")
-    return model_input
-
-
-def is_model_input(array: np.ndarray) -> bool:
-    """A float array with 3 leading channels is a preprocessed model input, not pixels."""
-    return np.issubdtype(array.dtype, np.floating) and array.ndim == 3 and array.shape[0] == 3

@@ -20,9 +20,9 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from clip_image_encoder.decoding import DecodeLimits
-from clip_image_encoder.encoding import ImageEncoder
-from clip_image_encoder.model import load_model
+from clip_image_encoder.model_loading import load_model
+from clip_image_encoder.pipeline import ImageEncoder
+from clip_image_encoder.sources import DecodeLimits
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 HUB_FAMILIES = {

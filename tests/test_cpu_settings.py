@@ -1,48 +1,19 @@
-"""cpu serving settings: threads shared among replicas, all torch work on one thread, kept activation memory."""
+"""cpu serving settings: threads shared among replicas, all torch work on one thread."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from clip_image_encoder.encoding import ImageEncoder
-from clip_image_encoder.model import EmbeddingModel, configure_cpu_threads, load_model
-
-FAULTS_OF_REPEATED_FORWARDS = """
-import resource, sys, torch
-from clip_image_encoder.model import keep_freed_activation_memory
-if sys.argv[1] == "kept":
-    assert keep_freed_activation_memory()
-def forward():  # ViT-B/32 at batch 32 holds a few 20 MB activations at once, then frees them all
-    buffers = [torch.empty(5_000_000).fill_(1.0) for _ in range(8)]
-    del buffers
-forward()
-forward()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    forward()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-PAGES_TOUCHED = 3 * 8 * 5_000_000 * 4 // 4096
-
-
-def minor_faults_of_repeated_forwards(mode: str) -> int:
-    run = subprocess.run(
-        [sys.executable, "-c", FAULTS_OF_REPEATED_FORWARDS, mode], capture_output=True, text=True, check=True
-    )
-    return int(run.stdout.split()[-1])
-
-
-def test_kept_activation_memory_is_reused_without_page_faults():
-    """Under glibc's defaults most runs here faulted all ~117k pages in again; some only one buffer's."""
-    assert minor_faults_of_repeated_forwards("kept") <= PAGES_TOUCHED // 20
+from clip_image_encoder.model import EmbeddingModel
+from clip_image_encoder.model_loading import load_model
+from clip_image_encoder.options import EncoderOptions
+from clip_image_encoder.pipeline import ImageEncoder
+from clip_image_encoder.runtime import configure_cpu_threads
 
 
 def test_threads_are_shared_among_replicas():
@@ -75,7 +46,7 @@ def test_loading_warm_up_and_forwards_run_on_one_thread(tiny_model_dir: Path, ph
 
     encoder = ImageEncoder(load)
     try:
-        results = list(encoder.encode([photos["astronaut"], photos["coffee"]], batch_size=1))
+        results = list(encoder.encode([photos["astronaut"], photos["coffee"]], EncoderOptions(batch_size=1)))
     finally:
         encoder.close()
     assert all(isinstance(result, np.ndarray) for result in results)

@@ -14,7 +14,8 @@ import pytest
 from helpers import encode_image, exif_rotated_png, png_declaring_size
 from PIL import Image
 
-from clip_image_encoder.decoding import DecodeLimits, ImageInputError, load_image
+from clip_image_encoder.errors import ImageInputError
+from clip_image_encoder.sources import DecodeLimits, load_image
 
 LIMITS = DecodeLimits()
 

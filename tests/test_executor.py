@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pytest
-from docarray import DocList
-from helpers import cosine, encode_image, png_declaring_size
+from helpers import cosine, embed, encode_image, png_declaring_size
 from PIL import Image
 
-from clip_image_encoder.executor import CLIPImageEncoder, ImageDocument
-from clip_image_encoder.model import ModelNotFoundError
+from clip_image_encoder.documents import ImageDocument
+from clip_image_encoder.errors import ModelNotFoundError
+from clip_image_encoder.executor import CLIPImageEncoder
 
 PARITY = 0.99999
-
-
-def embed(executor: CLIPImageEncoder, docs: list[ImageDocument], **parameters) -> DocList[ImageDocument]:
-    return asyncio.run(executor.encode(docs=DocList[ImageDocument](docs), parameters=parameters))
 
 
 def as_document(kind: str, photo: np.ndarray, folder: Path, index: int) -> tuple[ImageDocument, Image.Image]:
@@ -71,10 +66,10 @@ def test_embeddings_are_float32_of_the_model_dimension(executor, photos):
 
 
 def test_preprocessed_tensor_skips_preprocessing(executor, photos):
-    from clip_image_encoder.preprocessing import resize_and_crop, to_model_input
+    from clip_image_encoder.preprocessing import Preprocessor
 
-    config = executor.encoder.model.preprocess
-    ready = to_model_input([resize_and_crop(Image.fromarray(photos["china"]), config)], config)[0].numpy()
+    preprocessor = Preprocessor(executor.encoder.model.preprocess)
+    ready = preprocessor.batch([preprocessor.image(Image.fromarray(photos["china"]))])[0].numpy()
     docs = embed(executor, [ImageDocument(tensor=ready), ImageDocument(tensor=photos["china"])])
     np.testing.assert_allclose(docs[0].embedding, docs[1].embedding, atol=1e-6)
 

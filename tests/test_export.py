@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 import torch
-from docarray import DocList
-from helpers import cosine
+from helpers import cosine, embed
+from PIL import Image
 
 from clip_image_encoder.cli import main
-from clip_image_encoder.executor import CLIPImageEncoder, ImageDocument
+from clip_image_encoder.documents import ImageDocument
+from clip_image_encoder.executor import CLIPImageEncoder
+from clip_image_encoder.preprocessing import Preprocessor
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +21,14 @@ def onnx_folder(tiny_model_dir, tmp_path_factory):
     return folder
 
 
-def embed(executor: CLIPImageEncoder, photos: dict[str, np.ndarray]) -> list[np.ndarray]:
-    docs = DocList[ImageDocument]([ImageDocument(tensor=photo) for photo in photos.values()])
-    return [np.asarray(d.embedding) for d in asyncio.run(executor.encode(docs=docs, parameters={"batch_size": 4}))]
+def embed_photos(executor: CLIPImageEncoder, photos: dict[str, np.ndarray]) -> list[np.ndarray]:
+    docs = [ImageDocument(tensor=photo) for photo in photos.values()]
+    return [np.asarray(d.embedding) for d in embed(executor, docs, batch_size=4)]
 
 
 def test_onnx_backend_matches_torch(executor, onnx_folder, photos):
     onnx = CLIPImageEncoder(pretrained_model_name_or_path=str(onnx_folder), backend="onnx")
-    for ours, reference in zip(embed(onnx, photos), embed(executor, photos), strict=True):
+    for ours, reference in zip(embed_photos(onnx, photos), embed_photos(executor, photos), strict=True):
         assert cosine(ours, reference) >= 0.9999
     onnx.close()
 
@@ -42,14 +42,26 @@ def test_onnx_folder_carries_its_preprocessing(onnx_folder, executor):
 def test_torchscript_export_runs_and_matches(executor, tiny_model_dir, tmp_path, photos):
     assert main(["export", "--format", "torchscript", "--out", str(tmp_path), "--model", str(tiny_model_dir)]) == 0
     scripted = torch.jit.load(str(tmp_path / "model.pt"))
-    encoder = executor.encoder
-    pixels = encoder._assemble([encoder.prepare(photo) for photo in photos.values()])
+    model = executor.encoder.model
+    preprocessor = Preprocessor(model.preprocess)
+    pixels = preprocessor.batch([preprocessor.image(Image.fromarray(photo)) for photo in photos.values()])
     with torch.inference_mode():
-        np.testing.assert_allclose(scripted(pixels).numpy(), encoder.model.embed(pixels), atol=1e-5)
+        np.testing.assert_allclose(scripted(pixels).numpy(), model.embed(pixels), atol=1e-5)
 
 
 def test_onnx_backend_without_an_export_says_how_to_make_one(tmp_path):
-    from clip_image_encoder.model import ModelNotFoundError
+    from clip_image_encoder.errors import ModelNotFoundError
 
     with pytest.raises(ModelNotFoundError, match="clip-image-encoder export --format onnx"):
         CLIPImageEncoder(pretrained_model_name_or_path=str(tmp_path), backend="onnx")
+
+
+def test_torchscript_backend_serves_an_export_like_torch(executor, tiny_model_dir, tmp_path, photos):
+    assert main(["export", "--format", "torchscript", "--out", str(tmp_path), "--model", str(tiny_model_dir)]) == 0
+    scripted = CLIPImageEncoder(pretrained_model_name_or_path=str(tmp_path), backend="torchscript")
+    try:
+        assert scripted.encoder.model.embedding_dim == 16
+        for ours, reference in zip(embed_photos(scripted, photos), embed_photos(executor, photos), strict=True):
+            assert cosine(ours, reference) >= 0.9999
+    finally:
+        scripted.close()

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from clip_image_encoder.encoding import ImageEncoder
-from clip_image_encoder.model import EmbeddingModel, load_model
+from clip_image_encoder.errors import ImageInputError, ModelError
+from clip_image_encoder.model import EmbeddingModel
+from clip_image_encoder.model_loading import load_model
+from clip_image_encoder.options import EncoderOptions
+from clip_image_encoder.pipeline import ImageEncoder
 
 
 def test_out_of_memory_halves_the_batch_instead_of_failing(tiny_model_dir: Path):
@@ -50,7 +53,7 @@ def test_prefetching_batches_keeps_order_and_results(tiny_model_dir: Path, photo
     for prefetch in (0, 2):
         encoder = ImageEncoder(model, prefetch_batches=prefetch)
         try:
-            outputs.append(list(encoder.encode(inputs, batch_size=3)))
+            outputs.append(list(encoder.encode(inputs, EncoderOptions(batch_size=3))))
         finally:
             encoder.close()
     sequential, prefetched = outputs
@@ -60,3 +63,23 @@ def test_prefetching_batches_keeps_order_and_results(tiny_model_dir: Path, photo
             assert not isinstance(b, np.ndarray)
         else:
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_failure_is_a_model_error_of_that_batch_not_an_input_error(tiny_model_dir: Path, photos):
+    model = load_model(str(tiny_model_dir), device="cpu")
+    forward = model.forward
+    calls = []
+
+    def fails_on_second_batch(pixel_values: torch.Tensor) -> torch.Tensor:
+        calls.append(len(pixel_values))
+        if len(calls) == 3:  # the warm-up, then the first image; the second one fails
+            raise RuntimeError("device lost (simulated)")
+        return forward(pixel_values)
+
+    model.forward = fails_on_second_batch
+    with ImageEncoder(model) as encoder:
+        results = list(encoder.encode([photos["astronaut"], photos["coffee"], b"broken"], EncoderOptions(batch_size=1)))
+    assert isinstance(results[0], np.ndarray)
+    assert isinstance(results[1], ModelError) and results[1].reason == "model"
+    assert "model failed on this batch (RuntimeError: device lost" in str(results[1])
+    assert isinstance(results[2], ImageInputError) and results[2].reason == "undecodable"

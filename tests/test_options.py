@@ -1,137 +1,167 @@
-"""Region of interest, rotation and output options, each against a hand-checked expectation on real photos."""
+"""Options are declared once: validation, per-request overrides, CLI flags, config.yml and the README come from it."""
 
 from __future__ import annotations
 
-import asyncio
-from itertools import combinations
+import ast
+import inspect
+from pathlib import Path
 
-import numpy as np
 import pytest
-from docarray import DocList
-from helpers import cosine, encode_image, exif_rotated_png
-from PIL import Image
-from scipy.stats import spearmanr
+from helpers import embed
 
-from clip_image_encoder.executor import CLIPImageEncoder, ImageDocument
-from clip_image_encoder.postprocessing import QUANTIZATION_SCALE
+from clip_image_encoder.cli import build_parser, serving_options
+from clip_image_encoder.documents import ImageDocument
+from clip_image_encoder.errors import OptionError
+from clip_image_encoder.executor import CLIPImageEncoder
+from clip_image_encoder.options import OPTIONS, EncoderOptions, config_yaml, markdown_table
 
-
-def embed(executor: CLIPImageEncoder, docs: list[ImageDocument], **parameters) -> DocList[ImageDocument]:
-    return asyncio.run(executor.encode(docs=DocList[ImageDocument](docs), parameters=parameters))
-
-
-def one(executor: CLIPImageEncoder, doc: ImageDocument, **parameters) -> np.ndarray:
-    (result,) = embed(executor, [doc], **parameters)
-    assert result.error is None, result.error
-    return np.asarray(result.embedding)
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "clip_image_encoder"
 
 
-def test_roi_equals_embedding_the_cropped_image(executor, photos):
-    photo = photos["astronaut"]
-    x, y, width, height = 120, 40, 200, 260
-    cropped = np.ascontiguousarray(photo[y : y + height, x : x + width])
-    with_roi = one(executor, ImageDocument(tensor=photo, roi=[x, y, width, height]))
-    np.testing.assert_allclose(with_roi, one(executor, ImageDocument(tensor=cropped)), atol=1e-6)
-    assert cosine(with_roi, one(executor, ImageDocument(tensor=photo))) < 0.9999
+def test_config_yml_is_the_declared_defaults():
+    assert (REPO / "config.yml").read_text() == config_yaml()
 
 
-def test_roi_is_in_displayed_coordinates_after_exif(executor, photos):
-    photo = photos["chelsea"]
-    rotated_file = exif_rotated_png(Image.fromarray(photo))
-    roi = [10, 20, 150, 120]
-    from_file = one(executor, ImageDocument(bytes_=rotated_file, roi=roi))
-    np.testing.assert_allclose(from_file, one(executor, ImageDocument(tensor=photo, roi=roi)), atol=1e-6)
+def test_readme_table_is_the_declared_options():
+    assert markdown_table() in (REPO / "README.md").read_text()
+
+
+def test_readme_layout_lists_every_module_of_the_package():
+    readme = (REPO / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[: layout.index("\n```\n", layout.index("```") + 3)]
+    listed = {
+        line.split()[0] for line in layout.splitlines() if line.startswith("  ") and line.split()[0].endswith(".py")
+    }
+    assert listed == {path.name for path in PACKAGE.glob("*.py") if path.name != "__init__.py"}
+
+
+def test_the_package_has_no_import_cycle():
+    graph = {path.stem: _package_imports(path) for path in PACKAGE.glob("*.py")}
+    visiting, done = [], set()
+
+    def visit(module: str) -> None:
+        assert module not in visiting, f"import cycle: {' -> '.join([*visiting, module])}"
+        if module in done:
+            return
+        visiting.append(module)
+        for imported in graph.get(module, ()):
+            visit(imported)
+        visiting.pop()
+        done.add(module)
+
+    for module in graph:
+        visit(module)
+
+
+def _package_imports(path: Path) -> set[str]:
+    """Modules of the package that this one imports, at module level or inside functions (not for typing)."""
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+        for node in ast.walk(block)
+    }
+    return {
+        node.module.split(".")[1]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        and id(node) not in typing_only
+        and (node.module or "").startswith("clip_image_encoder.")
+    }
 
 
 @pytest.mark.parametrize(
-    ("roi", "message"),
+    ("values", "message"),
     [
-        ([0, 0, 0, 10], "is empty"),
-        ([-1, 0, 10, 10], "reaches outside"),
-        ([550, 0, 100, 10], "reaches outside"),
-        ([0, 0, 10], "must be"),
+        ({"batch_size": "many"}, "option batch_size must be a whole number, got 'many'"),
+        ({"batch_size": 0}, "option batch_size must be at least 1"),
+        ({"batch_size": 4.5}, "option batch_size must be a whole number"),
+        ({"normalize": "false"}, "option normalize must be true or false, got 'false'"),
+        ({"normalize": 1}, "option normalize must be true or false"),
+        ({"rotation": 45}, "option rotation must be one of 0, 90, 180, 270"),
+        ({"backend": "tensorflow"}, "option backend must be one of torch, onnx, torchscript"),
+        ({"pretrained_model_name_or_path": ""}, "option pretrained_model_name_or_path must be a non-empty string"),
     ],
 )
-def test_bad_roi_is_an_error_of_that_document_only(executor, photos, roi, message):
-    docs = embed(executor, [ImageDocument(tensor=photos["coffee"], roi=roi), ImageDocument(tensor=photos["coffee"])])
-    assert docs[0].embedding is None and message in docs[0].error
-    assert docs[1].error is None
+def test_bad_values_are_refused_naming_the_option(values, message):
+    with pytest.raises(OptionError, match=message):
+        EncoderOptions(**values)
 
 
-@pytest.mark.parametrize("rotation", [90, 180, 270])
-def test_rotation_equals_embedding_the_rotated_image(executor, photos, rotation):
-    photo = photos["rocket"]
-    rotated = np.ascontiguousarray(np.rot90(photo, k=rotation // 90))
-    np.testing.assert_allclose(
-        one(executor, ImageDocument(tensor=photo, rotation=rotation)),
-        one(executor, ImageDocument(tensor=rotated)),
-        atol=1e-6,
+def test_whole_numbers_sent_as_floats_are_accepted():
+    """Jina's request parameters are a protobuf Struct, which carries every number as a float."""
+    options = EncoderOptions(batch_size=4.0, embed_dim=8.0)
+    assert options.batch_size == 4 and isinstance(options.batch_size, int)
+    assert options.embed_dim == 8
+
+
+def test_unknown_option_at_start_is_refused_with_the_list_of_options():
+    with pytest.raises(OptionError, match=r"unknown option.*batchsize.*the options are: pretrained_model_name_or_path"):
+        EncoderOptions.from_mapping({"batchsize": 8})
+
+
+def test_a_request_overrides_only_per_request_options():
+    start = EncoderOptions(batch_size=16)
+    options, ignored = start.for_request({"normalize": True, "__results__": {}, "k": 10})
+    assert options.normalize and options.batch_size == 16 and not start.normalize
+    assert ignored == ["k"]  # another Executor's parameter: reported, Jina's own key dropped silently
+    with pytest.raises(OptionError, match="option device is set when the encoder starts"):
+        start.for_request({"device": "cuda"})
+
+
+def test_a_bad_parameter_fails_its_request_only(executor, photos):
+    with pytest.raises(OptionError, match="option normalize must be true or false"):
+        embed(executor, [ImageDocument(tensor=photos["coffee"])], normalize="false")
+    (doc,) = embed(executor, [ImageDocument(tensor=photos["coffee"])], normalize=True, batch_size=2.0)
+    assert doc.error is None and doc.embedding is not None
+
+
+def test_executor_refuses_an_unknown_option_at_start(tiny_model_dir):
+    with pytest.raises(OptionError, match="unknown option"):
+        CLIPImageEncoder(pretrained_model_name_or_path=str(tiny_model_dir), batchsize=8)
+
+
+def test_executor_signature_names_every_option_with_its_default():
+    """Jina checks config.yml's `with:` against this signature; help() shows it."""
+    parameters = inspect.signature(CLIPImageEncoder.__init__).parameters
+    for name, option in OPTIONS.items():
+        assert parameters[name].default == option.default
+
+
+def test_serve_has_a_flag_for_every_option():
+    argv = ["serve"]
+    for name, option in OPTIONS.items():
+        flag = "--" + name.replace("_", "-")
+        if option.type == "bool":
+            argv.append(flag if option.default else flag.replace("--", "--no-"))
+        else:
+            argv += [flag, str(option.default)]
+    args = build_parser().parse_args(argv)
+    assert {name: getattr(args, name) for name in OPTIONS} == EncoderOptions().as_dict()
+
+
+def test_serve_reads_the_config_and_flags_override_it(tmp_path):
+    config = tmp_path / "config.yml"
+    config.write_text(
+        config_yaml().replace("batch_size: 32", "batch_size: 8").replace("normalize: false", "normalize: true")
     )
+    args = build_parser().parse_args(["serve", "--config", str(config), "--batch-size", "4", "--keep-image-data"])
+    given = {name: getattr(args, name) for name in OPTIONS if hasattr(args, name)}
+    assert given == {"batch_size": 4, "keep_image_data": True}  # unset flags do not mask the config
+    options = serving_options(config, given)
+    assert (options.batch_size, options.normalize, options.keep_image_data) == (4, True, True)
 
 
-def test_four_quarter_turns_are_the_identity(executor, photos):
-    photo = photos["china"]
-    turned = photo
-    for _ in range(4):
-        turned = np.ascontiguousarray(np.rot90(turned))
-    np.testing.assert_array_equal(turned, photo)
-    np.testing.assert_allclose(
-        one(executor, ImageDocument(tensor=photo)),
-        one(executor, ImageDocument(tensor=np.ascontiguousarray(np.rot90(photo, k=3)), rotation=90)),
-        atol=1e-6,
-    )
+def test_cli_flags_are_validated_like_options(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["embed", "photos", "--out", "x.csv", "--batch-size", "0"])
+    assert "option batch_size must be at least 1" in capsys.readouterr().err
 
 
-def test_request_rotation_applies_where_the_document_has_none(executor, photos):
-    photo = photos["flower"]
-    docs = embed(executor, [ImageDocument(tensor=photo), ImageDocument(tensor=photo, rotation=0)], rotation=180)
-    rotated = one(executor, ImageDocument(tensor=np.ascontiguousarray(np.rot90(photo, k=2))))
-    np.testing.assert_allclose(docs[0].embedding, rotated, atol=1e-6)
-    np.testing.assert_allclose(docs[1].embedding, one(executor, ImageDocument(tensor=photo)), atol=1e-6)
-
-
-def test_unsupported_rotation_is_an_error(executor, photos):
-    (doc,) = embed(executor, [ImageDocument(tensor=photos["coffee"], rotation=45)])
-    assert "rotation 45 is not one of" in doc.error
-
-
-def test_quantized_dot_products_track_float_cosines(executor, photo_variants):
-    def docs() -> list[ImageDocument]:
-        return [ImageDocument(tensor=photo) for photo in photo_variants[:20]]
-
-    floats = np.stack([d.embedding for d in embed(executor, docs())])
-    quantized = np.stack([d.embedding for d in embed(executor, docs(), quantize=True)])
-    assert quantized.dtype == np.int8 and np.abs(quantized).max() <= QUANTIZATION_SCALE
-    pairs = list(combinations(range(len(floats)), 2))
-    float_cosines = [cosine(floats[i], floats[j]) for i, j in pairs]
-    int_dots = [int(quantized[i].astype(np.int32) @ quantized[j].astype(np.int32)) for i, j in pairs]
-    assert spearmanr(float_cosines, int_dots).statistic >= 0.99
-    approx = np.array(int_dots) / QUANTIZATION_SCALE**2
-    assert np.abs(approx - float_cosines).max() < 0.05
-
-
-def test_embed_dim_truncates_to_the_first_dimensions(executor, photos):
-    full = one(executor, ImageDocument(tensor=photos["chelsea"]))
-    short = one(executor, ImageDocument(tensor=photos["chelsea"]), embed_dim=8)
-    np.testing.assert_allclose(short, full[:8], atol=1e-6)
-    short_unit = one(executor, ImageDocument(tensor=photos["chelsea"]), embed_dim=8, normalize=True)
-    np.testing.assert_allclose(short_unit, full[:8] / np.linalg.norm(full[:8]), atol=1e-6)
-
-
-def test_embed_dim_above_the_model_dimension_is_refused(executor, photos):
-    with pytest.raises(ValueError, match="embed_dim=17 is larger than the model's 16"):
-        embed(executor, [ImageDocument(tensor=photos["chelsea"])], embed_dim=17)
-
-
-def test_float16_output(executor, photos):
-    full = one(executor, ImageDocument(tensor=photos["coffee"]))
-    half = one(executor, ImageDocument(tensor=photos["coffee"]), output_dtype="float16")
-    assert half.dtype == np.float16
-    np.testing.assert_allclose(half.astype(np.float32), full, rtol=2e-3, atol=2e-3)
-
-
-def test_roi_works_with_encoded_bytes_in_fast_mode(executor, photos):
-    jpeg = encode_image(Image.fromarray(photos["astronaut"]), "JPEG", quality=95)
-    exact = one(executor, ImageDocument(bytes_=jpeg, roi=[0, 0, 256, 256]))
-    fast = one(executor, ImageDocument(bytes_=jpeg, roi=[0, 0, 256, 256]), preprocessing="fast")
-    assert cosine(exact, fast) > 0.999
+def test_folder_commands_leave_out_the_options_of_served_documents():
+    args = build_parser().parse_args(["embed", "photos", "--out", "x.csv"])
+    assert not hasattr(args, "keep_image_data") and not hasattr(args, "allow_remote_uris")
+    assert args.batch_size == OPTIONS["batch_size"].default

@@ -8,18 +8,13 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil
 
-from clip_image_encoder.decoding import ImageInputError
-from clip_image_encoder.preprocessing import (
-    PreprocessConfig,
-    check_model_input,
-    is_model_input,
-    resize_and_crop,
-    to_model_input,
-)
+from clip_image_encoder.errors import ImageInputError
+from clip_image_encoder.preprocessing import PreprocessConfig, Preprocessor, is_model_input
 
 
 def ours(images: list[Image.Image], config: PreprocessConfig) -> torch.Tensor:
-    return to_model_input([resize_and_crop(image, config) for image in images], config)
+    preprocessor = Preprocessor(config)
+    return preprocessor.batch([preprocessor.image(image) for image in images])
 
 
 def hugging_face(images: list[Image.Image], processor: CLIPImageProcessorPil) -> torch.Tensor:
@@ -65,19 +60,19 @@ def test_fixed_size_resize_without_crop_matches_the_reference(photos):
 def test_fast_mode_stays_close_to_exact(photos):
     image = Image.fromarray(photos["astronaut"]).resize((2048, 2048))
     config = PreprocessConfig()
-    exact = resize_and_crop(image, config).astype(int)
-    fast = resize_and_crop(image, config, fast=True).astype(int)
+    exact = Preprocessor(config, "exact").image(image).astype(int)
+    fast = Preprocessor(config, "fast").image(image).astype(int)
     assert fast.shape == exact.shape
     assert np.abs(fast - exact).mean() < 2.0
 
 
 def test_preprocessed_input_is_recognised_and_checked():
-    config = PreprocessConfig()
+    preprocessor = Preprocessor(PreprocessConfig())
     ready = np.zeros((3, 224, 224), dtype=np.float32)
     assert is_model_input(ready)
     assert not is_model_input(np.zeros((224, 224, 3), dtype=np.uint8))
-    assert check_model_input(ready, config).shape == (3, 224, 224)
+    assert preprocessor.model_input(ready).shape == (3, 224, 224)
     with pytest.raises(ImageInputError, match=r"model expects \(3, 224, 224\)"):
-        check_model_input(np.zeros((3, 100, 100), dtype=np.float32), config)
+        preprocessor.model_input(np.zeros((3, 100, 100), dtype=np.float32))
     with pytest.raises(ImageInputError, match="NaN"):
-        check_model_input(np.full((3, 224, 224), np.nan, dtype=np.float32), config)
+        preprocessor.model_input(np.full((3, 224, 224), np.nan, dtype=np.float32))

@@ -6,40 +6,21 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from docarray import DocList
-from helpers import encode_image
+from helpers import encode_image, free_port, wait_for_port
 from jina import Client, Flow
 from PIL import Image
 
-from clip_image_encoder.executor import CLIPImageEncoder, ImageDocument
+from clip_image_encoder.documents import ImageDocument
+from clip_image_encoder.executor import CLIPImageEncoder
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, server: subprocess.Popen, timeout_s: float = 120) -> None:
-    """A bare Executor has no readiness endpoint: wait until its gRPC port accepts connections."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert server.poll() is None, "the server exited during start-up"
-        assert time.monotonic() < deadline, f"nothing listened on port {port} within {timeout_s} s"
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
 
 
 def mixed_request(photos: dict[str, np.ndarray], with_bytes: bool) -> list[ImageDocument]:
@@ -123,7 +104,7 @@ def test_jina_executor_cli_serves_from_config_yml(tiny_model_dir, photos, model)
 
 
 def test_search_flow_indexes_then_finds_the_original_of_an_edited_photo(tiny_model_dir, photos, tmp_path):
-    from clip_image_encoder.executor import ImageMatch
+    from clip_image_encoder.documents import ImageMatch
     from clip_image_encoder.indexer import ImageIndexer
 
     folder = tmp_path / "photos"
@@ -156,3 +137,36 @@ def test_search_flow_indexes_then_finds_the_original_of_an_edited_photo(tiny_mod
 def test_flow_yml_describes_the_encoder_and_the_indexer():
     flow = Flow.load_config(str(REPO / "flow.yml"))
     assert [name for name in flow._deployment_nodes if name != "gateway"] == ["encoder", "indexer"]
+
+
+def test_serve_command_serves_the_options_of_its_config_and_flags(tiny_model_dir, photos, tmp_path):
+    """`clip-image-encoder serve` reads config.yml's `with:` (here: normalize) and its flags override it (embed_dim)."""
+    from clip_image_encoder.options import config_yaml
+
+    config = tmp_path / "config.yml"
+    config.write_text(
+        config_yaml()
+        .replace("openai/clip-vit-base-patch32", str(tiny_model_dir))
+        .replace("normalize: false", "normalize: true")
+    )
+    port = free_port()
+    cli = Path(sys.executable).with_name("clip-image-encoder")
+    server = subprocess.Popen(
+        [str(cli), "serve", "--config", str(config), "--port", str(port), "--embed-dim", "8"],
+        env={**os.environ, "JINA_LOG_LEVEL": "ERROR"},
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port, server)
+        client = Client(host="127.0.0.1", port=port, protocol="grpc")
+        (answer,) = client.post(
+            "/",
+            inputs=DocList[ImageDocument]([ImageDocument(tensor=photos["coffee"])]),
+            return_type=DocList[ImageDocument],
+        )
+        embedding = np.asarray(answer.embedding)
+        assert embedding.shape == (8,)
+        assert np.linalg.norm(embedding) == pytest.approx(1, abs=1e-5)
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        server.wait(timeout=60)

@@ -1,6 +1,7 @@
-"""Export a loaded backbone to ONNX or TorchScript, and serve an exported ONNX folder with onnxruntime.
+"""Exported models: write a backbone as ONNX or TorchScript, and serve such a folder as a backend.
 
-An export is a folder that the Executor can load like any model folder:
+An export is a folder that the Executor loads like any model folder (``backend: onnx`` or
+``backend: torchscript``):
 
     model.onnx | model.pt         the network: (N, 3, H, W) float32 -> (N, D) float32, dynamic N
     preprocessor_config.json      its preprocessing, in Hugging Face keys
@@ -15,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip_image_encoder.model import EmbeddingModel, ModelNotFoundError
+from clip_image_encoder.errors import ModelNotFoundError
+from clip_image_encoder.model import EmbeddingModel, Network
 from clip_image_encoder.preprocessing import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+"""The network's file in an export folder, by format (= backend name)."""
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "embeddings"
 
 
@@ -38,12 +41,12 @@ class _Embedder(torch.nn.Module):
 
 def export_model(model: EmbeddingModel, fmt: str, out: Path) -> Path:
     """Write ``out/model.onnx`` (or ``model.pt``) and ``out/preprocessor_config.json``; return the model file."""
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    if fmt not in EXPORT_FILES:
+        raise ValueError(f"export format must be one of {', '.join(EXPORT_FILES)}, got {fmt!r}")
     if model.device.type != "cpu" or model.dtype != torch.float32:
         raise ValueError("export a float32 model loaded on cpu (device='cpu', dtype='float32')")
     out.mkdir(parents=True, exist_ok=True)
-    target = out / EXPORT_FORMATS[fmt]
+    target = out / EXPORT_FILES[fmt]
     height, width = model.preprocess.output_size
     example = torch.zeros(2, 3, height, width)
     embedder = _Embedder(model).eval()
@@ -64,15 +67,33 @@ def export_model(model: EmbeddingModel, fmt: str, out: Path) -> Path:
     return target
 
 
-def load_onnx_model(folder: str, device: torch.device) -> EmbeddingModel:
-    """Serve an exported folder with onnxruntime: the CUDA provider on cuda when installed, else the cpu."""
-    import onnxruntime
-
-    path = Path(folder).expanduser() / EXPORT_FORMATS["onnx"]
+def _export_file(folder: str, fmt: str) -> Path:
+    path = Path(folder).expanduser() / EXPORT_FILES[fmt]
     if not path.is_file():
         raise ModelNotFoundError(
-            f"backend onnx needs a folder made by 'clip-image-encoder export --format onnx'; {path} does not exist"
+            f"backend {fmt} needs a folder made by 'clip-image-encoder export --format {fmt}'; {path} does not exist"
         )
+    return path
+
+
+def load_torchscript(folder: str) -> Network:
+    """A TorchScript export as a network on the cpu; `load_model` places it like any torch module."""
+    path = _export_file(folder, "torchscript")
+    module = torch.jit.load(str(path), map_location="cpu")
+    preprocess = PreprocessConfig.from_pretrained(str(path.parent))
+    with torch.inference_mode():  # the archive does not record D: one tiny forward tells it
+        embedding_dim = int(module(torch.zeros(1, 3, *preprocess.output_size)).shape[-1])
+    return Network(module, module, embedding_dim, preprocess)
+
+
+def load_onnx(folder: str, device: torch.device) -> EmbeddingModel:
+    """Serve an ONNX export with onnxruntime: the CUDA provider on cuda when installed, else the cpu.
+
+    The session does its own device placement, so the model's inputs stay float32 on the cpu.
+    """
+    import onnxruntime
+
+    path = _export_file(folder, "onnx")
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
         if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
@@ -80,12 +101,15 @@ def load_onnx_model(folder: str, device: torch.device) -> EmbeddingModel:
         else:
             logger.warning("onnxruntime has no CUDA provider (install onnxruntime-gpu); running on cpu")
     session = onnxruntime.InferenceSession(str(path), providers=providers)
-    preprocess = PreprocessConfig.from_pretrained(str(path.parent))
-    dim = int(session.get_outputs()[0].shape[-1])
 
     def forward(pixel_values: torch.Tensor) -> torch.Tensor:
         inputs = pixel_values.detach().cpu().numpy().astype(np.float32, copy=False)
         return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0])
 
-    # The session does its own device placement: inputs stay on the cpu.
-    return EmbeddingModel(torch.nn.Identity(), forward, dim, preprocess, torch.device("cpu"), torch.float32)
+    network = Network(
+        torch.nn.Identity(),
+        forward,
+        int(session.get_outputs()[0].shape[-1]),
+        PreprocessConfig.from_pretrained(str(path.parent)),
+    )
+    return EmbeddingModel(network, torch.device("cpu"), torch.float32)

