@@ -57,8 +57,8 @@ EFFICIENTNET_LITE_PREPROCESS = PreprocessConfig(
     shortest_edge=256,
     crop_size=(224, 224),
     resample=Image.Resampling.BICUBIC,
-    # TensorFlow's EfficientNet-Lite inputs are (x - 127) / 128; checked on real photos, it beats ImageNet's
-    # mean/std (p of the right ImageNet class: cat 0.91 vs 0.86, espresso 0.97 vs 0.91, rocket 0.55 vs 0.36).
+    # TensorFlow's EfficientNet-Lite inputs are (x - 127) / 128, not ImageNet's mean/std: it classifies real
+    # photos better (README, "Backbones", has the check).
     image_mean=(127 / 255,) * 3,
     image_std=(128 / 255,) * 3,
 )

@@ -27,7 +27,7 @@ import yaml
 from tqdm import tqdm
 
 from clip_image_encoder.embedding_files import FORMATS, EmbeddingTable, read_embeddings, write_embeddings
-from clip_image_encoder.errors import EmbeddingError
+from clip_image_encoder.errors import EmbeddingError, ModelNotFoundError, OptionError
 from clip_image_encoder.exported import EXPORT_FILES
 from clip_image_encoder.options import OPTIONS, EncoderOptions, add_arguments, config_yaml, markdown_table, spec
 from clip_image_encoder.pipeline import EncodeResult, ImageEncoder, ImageItem
@@ -81,7 +81,7 @@ def embed_folder(args: argparse.Namespace) -> int:
     errors: list[tuple[str, str]] = []
     started = time.perf_counter()
     with (
-        ImageEncoder.from_options(options) as encoder,
+        ImageEncoder.from_options(options, any_local_file=True) as encoder,
         tqdm(total=len(todo), unit="img", desc="embedding", disable=args.quiet) as progress,
     ):
         for path, result in zip(todo, _encode_paths(encoder, todo, options), strict=True):
@@ -116,7 +116,7 @@ def _table(names: list[str], vectors: list[np.ndarray]) -> EmbeddingTable:
 
 def similarity(args: argparse.Namespace) -> int:
     options = _options_from(args)
-    with ImageEncoder.from_options(options) as encoder:
+    with ImageEncoder.from_options(options, any_local_file=True) as encoder:
         first, second = list(_encode_paths(encoder, [Path(args.a), Path(args.b)], options))
     for path, result in ((args.a, first), (args.b, second)):
         if isinstance(result, EmbeddingError):
@@ -139,7 +139,7 @@ def index_folder(args: argparse.Namespace) -> int:
     options = _options_from(args)
     paths = list_images(data)
     keys, vectors, failures = [], [], 0
-    with _open_index(args.db, options) as index, ImageEncoder.from_options(options) as encoder:
+    with _open_index(args.db, options) as index, ImageEncoder.from_options(options, any_local_file=True) as encoder:
         results = _encode_paths(encoder, paths, options)
         for path, result in tqdm(zip(paths, results, strict=True), total=len(paths), unit="img"):
             if isinstance(result, EmbeddingError):
@@ -161,7 +161,7 @@ def search(args: argparse.Namespace) -> int:
         return _fail(f"{args.db} holds no index: build one with 'clip-image-encoder index DATA --db {args.db}'")
     options = _options_from(args)
     with _open_index(args.db, options) as index:
-        with ImageEncoder.from_options(options) as encoder:
+        with ImageEncoder.from_options(options, any_local_file=True) as encoder:
             (query,) = list(_encode_paths(encoder, [Path(args.query)], options))
         if isinstance(query, EmbeddingError):
             return _fail(f"{args.query}: {query}")
@@ -284,7 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (OptionError, ModelNotFoundError) as exc:  # the user's to fix: a message, not a traceback
+        return _fail(str(exc))
 
 
 if __name__ == "__main__":

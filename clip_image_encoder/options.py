@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,9 +81,22 @@ class EncoderOptions:
     max_image_pixels: int = _option(
         64_000_000, "Images whose header declares more pixels are refused before decoding.", minimum=1
     )
+    local_uri_roots: tuple[str, ...] = _option(
+        (),
+        "Folders whose files clients may name by path or file:// uri (symlinks and .. cannot leave them); "
+        "empty: clients cannot make the server read its files.",
+        serving_only=True,
+    )
     allow_remote_uris: bool = _option(
         False,
-        "Fetch http(s):// uris. Off: a client must not make the server reach the network unless the operator says so.",
+        "Fetch http(s):// uris. Off: a client must not make the server reach the network unless the operator says so. "
+        "On: loopback, private, link-local, multicast and reserved addresses are refused (at every redirect) "
+        "unless listed in allowed_remote_networks.",
+        serving_only=True,
+    )
+    allowed_remote_networks: tuple[str, ...] = _option(
+        (),
+        "Networks (CIDR, e.g. 10.1.0.0/16) that remote uris may reach although they are not public.",
         serving_only=True,
     )
     # --- a request may override these in `parameters` ---
@@ -170,6 +184,12 @@ def check(option: dataclasses.Field, value: Any) -> Any:
     if kind == "bool":
         if not isinstance(value, bool):
             raise OptionError(f"option {option.name} must be true or false, got {value!r} ({type(value).__name__})")
+    elif kind == "tuple[str, ...]":
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise OptionError(f"option {option.name} must be a list of strings, got {value!r}")
+        value = tuple(value)
+        if not all(isinstance(item, str) and item for item in value):
+            raise OptionError(f"option {option.name} must be a list of non-empty strings, got {list(value)!r}")
     elif kind == "int":
         # JSON and protobuf Struct (Jina's request parameters) carry every number as a float.
         if isinstance(value, float) and value.is_integer():
@@ -198,7 +218,9 @@ def add_arguments(
         flags = [*rules.aliases, f"--{name.replace('_', '-')}"]
         default = option.default if defaults else argparse.SUPPRESS
         help_text = rules.help.replace("%", "%%") + (f" (default: {option.default})" if option.type != "bool" else "")
-        if option.type == "bool":  # BooleanOptionalAction adds --no-NAME and the default itself
+        if option.type == "tuple[str, ...]":
+            parser.add_argument(*flags, dest=name, nargs="*", default=default, metavar="VALUE", help=help_text)
+        elif option.type == "bool":  # BooleanOptionalAction adds --no-NAME and the default itself
             parser.add_argument(
                 *flags, dest=name, action=argparse.BooleanOptionalAction, default=default, help=rules.help
             )
@@ -235,6 +257,8 @@ def config_yaml() -> str:
 
 
 def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, tuple):
+        return json.dumps(list(value))  # a JSON list is a YAML flow sequence
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

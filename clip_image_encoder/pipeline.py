@@ -86,8 +86,12 @@ class ImageEncoder:
         self._pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="decode")
 
     @classmethod
-    def from_options(cls, options: EncoderOptions, replicas: int = 1) -> ImageEncoder:
-        """The encoder that the options describe; sets the process's torch threads (shared among replicas)."""
+    def from_options(cls, options: EncoderOptions, replicas: int = 1, any_local_file: bool = False) -> ImageEncoder:
+        """The encoder that the options describe; sets the process's torch threads (shared among replicas).
+
+        ``any_local_file``: read any path it is given (the command line), instead of only under
+        ``local_uri_roots`` (a service).
+        """
         configure_cpu_threads(options.num_threads, replicas)
         load = functools.partial(
             load_model,
@@ -96,7 +100,8 @@ class ImageEncoder:
             dtype=options.dtype,
             backend=options.backend,
         )
-        return cls(load, DecodeLimits.from_options(options), num_workers=options.num_workers)
+        limits = DecodeLimits.from_options(options, any_local_file=any_local_file)
+        return cls(load, limits, num_workers=options.num_workers)
 
     def __enter__(self) -> ImageEncoder:
         return self

@@ -2,16 +2,26 @@
 
 The limits of what the service agrees to read live here (`DecodeLimits`); reading a uri
 (local path, ``file://``, ``data:``, ``http(s)://``) is the only place that touches files or
-the network on a client's behalf.
+the network on a client's behalf, so it is guarded as a public service must be:
+
+- a local path is read only under the folders the operator lists, after resolving symlinks and
+  ``..``; a refused path gets the same answer whether or not the file exists;
+- a remote uri is fetched only when the operator allows it, only from public addresses (or
+  networks the operator lists), checked after DNS resolution and again at every redirect, with
+  the connection made to the checked address; its size and time are capped and only image
+  content is accepted.
 """
 
 from __future__ import annotations
 
 import base64
-import urllib.error
+import http.client
+import ipaddress
+import socket
+import ssl
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +32,7 @@ from clip_image_encoder.errors import (
     ImageInputError,
     ImageTooLargeError,
     NoImageError,
+    OptionError,
     UriRefusedError,
     UriUnreadableError,
 )
@@ -31,24 +42,39 @@ ImageSource = bytes | str | np.ndarray
 """Encoded image bytes, a uri (local path, ``file://``, ``data:``, ``http(s)://``) or an array."""
 
 _REMOTE_SCHEMES = {"http", "https"}
+MAX_REDIRECTS = 3
 
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """What the service agrees to read and decode, so that one input cannot exhaust it."""
+    """What the service agrees to read and decode, so that one input cannot exhaust or misuse it."""
 
     max_image_pixels: int = EncoderOptions.max_image_pixels
     """Images whose header declares more pixels are refused before decoding (decompression bombs)."""
+    local_uri_roots: tuple[Path, ...] | None = ()
+    """Folders whose files may be read by path or ``file://``; None: any file (the command line's own use)."""
     allow_remote_uris: bool = EncoderOptions.allow_remote_uris
     """Fetch ``http(s)://`` uris. Off by default: a client must not make the server reach the network."""
+    allowed_remote_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default=())
+    """Non-public networks that remote uris may reach all the same."""
     remote_timeout_s: float = 10.0
     """Connect and read timeout of one remote fetch, in seconds."""
     max_remote_bytes: int = 32 * 2**20
     """Largest remote body that is read, in bytes."""
 
     @classmethod
-    def from_options(cls, options: EncoderOptions) -> DecodeLimits:
-        return cls(max_image_pixels=options.max_image_pixels, allow_remote_uris=options.allow_remote_uris)
+    def from_options(cls, options: EncoderOptions, any_local_file: bool = False) -> DecodeLimits:
+        """The limits that the options set; ``any_local_file`` for the command line, which reads what it is given."""
+        try:
+            networks = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in options.allowed_remote_networks)
+        except ValueError as exc:
+            raise OptionError(f"option allowed_remote_networks: {exc}") from None
+        return cls(
+            max_image_pixels=options.max_image_pixels,
+            local_uri_roots=None if any_local_file else tuple(Path(root).resolve() for root in options.local_uri_roots),
+            allow_remote_uris=options.allow_remote_uris,
+            allowed_remote_networks=networks,
+        )
 
 
 def load_image(source: ImageSource | None, limits: DecodeLimits, draft_size: int | None = None) -> Image.Image:
@@ -79,6 +105,19 @@ def read_uri(uri: str, limits: DecodeLimits) -> bytes:
         raise UriRefusedError(f"uri {uri!r} has unsupported scheme {scheme!r}")
     else:
         path = Path(uri)
+    return _read_local(uri, path, limits)
+
+
+def _read_local(uri: str, path: Path, limits: DecodeLimits) -> bytes:
+    if limits.local_uri_roots is not None:
+        resolved = path.resolve()  # symlinks and .. resolved before the check, so neither can leave a root
+        if not any(resolved.is_relative_to(root) for root in limits.local_uri_roots):
+            # The same answer whether or not the file exists: a refusal must not reveal the server's files.
+            raise UriRefusedError(
+                f"uri {uri!r} is a local path outside the folders this server reads (local_uri_roots); "
+                "send the image as bytes_, tensor or a data: uri"
+            )
+        path = resolved
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -100,16 +139,87 @@ def _read_data_uri(uri: str) -> bytes:
 
 
 def _read_remote(uri: str, limits: DecodeLimits) -> bytes:
+    """Fetch with redirects followed by hand, each hop checked, at most `MAX_REDIRECTS` of them."""
     if not limits.allow_remote_uris:
         raise UriRefusedError(
             f"uri {uri!r} is remote and remote fetching is disabled "
             "(start the encoder with allow_remote_uris=True to enable it)"
         )
+    target = uri
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(target)
+        if parts.scheme.lower() not in _REMOTE_SCHEMES or not parts.hostname:
+            raise UriRefusedError(f"uri {uri!r} leads to {target!r}, which is not an http(s) uri")
+        address = _checked_address(uri, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), limits)
+        try:
+            status, location, body = _fetch_once(parts, address, limits)
+        except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+            raise UriUnreadableError(f"uri {uri!r} could not be fetched ({exc})") from None
+        if status in (301, 302, 303, 307, 308) and location:
+            target = urllib.parse.urljoin(target, location)
+            continue
+        if status != 200:
+            raise UriUnreadableError(f"uri {uri!r} answered HTTP {status}")
+        return body
+    raise UriUnreadableError(f"uri {uri!r} redirects more than {MAX_REDIRECTS} times")
+
+
+def _checked_address(uri: str, host: str, port: int, limits: DecodeLimits) -> str:
+    """The address to connect to: every address the host resolves to must be public or allowed."""
     try:
-        with urllib.request.urlopen(uri, timeout=limits.remote_timeout_s) as response:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UriUnreadableError(f"uri {uri!r}: host {host!r} cannot be resolved ({exc})") from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    for address in addresses:
+        allowed = any(address in network for network in limits.allowed_remote_networks)
+        if not (address.is_global or allowed) or address.is_multicast:
+            raise UriRefusedError(
+                f"uri {uri!r}: host {host!r} is at {address}, which is not a public address "
+                "(the operator can allow a network with allowed_remote_networks)"
+            )
+    return str(addresses[0])
+
+
+def _fetch_once(parts: urllib.parse.SplitResult, address: str, limits: DecodeLimits) -> tuple[int, str | None, bytes]:
+    """One GET to the checked address (no second DNS look-up), with the host's name for HTTP and TLS."""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    connection = _PinnedConnection(parts.scheme, parts.hostname, port, address, limits.remote_timeout_s)
+    try:
+        path = parts.path or "/"
+        connection.request("GET", f"{path}?{parts.query}" if parts.query else path, headers={"Accept": "image/*"})
+        response = connection.getresponse()
+        if response.status in (301, 302, 303, 307, 308):
+            return response.status, response.getheader("Location"), b""
+        if response.status == 200:
+            content_type = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
+            if content_type and not content_type.startswith("image/") and content_type != "application/octet-stream":
+                raise UriRefusedError(f"uri {parts.geturl()!r} is {content_type!r}, not an image")
+            length = response.getheader("Content-Length")
+            if length and length.isdigit() and int(length) > limits.max_remote_bytes:
+                raise ImageTooLargeError(
+                    f"uri {parts.geturl()!r} is larger than max_remote_bytes={limits.max_remote_bytes}"
+                )
             body = response.read(limits.max_remote_bytes + 1)
-    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
-        raise UriUnreadableError(f"uri {uri!r} could not be fetched ({exc})") from None
-    if len(body) > limits.max_remote_bytes:
-        raise ImageTooLargeError(f"uri {uri!r} is larger than max_remote_bytes={limits.max_remote_bytes}")
-    return body
+            if len(body) > limits.max_remote_bytes:
+                raise ImageTooLargeError(
+                    f"uri {parts.geturl()!r} is larger than max_remote_bytes={limits.max_remote_bytes}"
+                )
+            return 200, None, body
+        return response.status, None, b""
+    finally:
+        connection.close()
+
+
+class _PinnedConnection(http.client.HTTPSConnection):
+    """An HTTP(S) connection to an address that was checked, with TLS verified for the uri's host name."""
+
+    def __init__(self, scheme: str, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._tls = scheme == "https"
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        if self._tls:
+            self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)

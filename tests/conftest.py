@@ -72,11 +72,14 @@ def photos() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def executor(tiny_model_dir: Path):
-    """One Executor on the tiny model, loaded the way users load theirs (a folder path)."""
+def executor(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One Executor on the tiny model, loaded the way users load theirs (a folder path); it may read the
+    files of the tests' temporary folders, and no others."""
     from clip_image_encoder.executor import CLIPImageEncoder
 
-    encoder = CLIPImageEncoder(pretrained_model_name_or_path=str(tiny_model_dir))
+    encoder = CLIPImageEncoder(
+        pretrained_model_name_or_path=str(tiny_model_dir), local_uri_roots=[str(tmp_path_factory.getbasetemp())]
+    )
     yield encoder
     encoder.close()
 
@@ -91,3 +94,12 @@ def photo_variants(photos: dict[str, np.ndarray]) -> list[np.ndarray]:
             top, left = (i * height) // 12, ((5 - i) * width) // 12
             variants.append(np.ascontiguousarray(photo[top : top + height // 2 + i * 10, left:]))
     return variants
+
+
+@pytest.fixture
+def local_http_server(tmp_path: Path):
+    """A static file server on loopback serving ``tmp_path``: yields (folder, base url)."""
+    from helpers import serving_folder
+
+    with serving_folder(tmp_path) as base_url:
+        yield tmp_path, base_url

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import http.server
+import ipaddress
 import socket
 import struct
 import subprocess
+import threading
 import time
+import urllib.parse
 import zlib
+from collections.abc import Iterator
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 from docarray import DocList
@@ -16,6 +24,10 @@ from PIL import Image
 
 from clip_image_encoder.documents import ImageDocument
 from clip_image_encoder.executor import CLIPImageEncoder
+from clip_image_encoder.sources import DecodeLimits
+
+LOOPBACK_ALLOWED = DecodeLimits(allow_remote_uris=True, allowed_remote_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+"""Remote fetching on, with loopback allowed: what the tests' local servers need."""
 
 
 def embed(executor: CLIPImageEncoder, docs: list[ImageDocument], **parameters) -> DocList[ImageDocument]:
@@ -65,3 +77,37 @@ def exif_rotated_png(image: Image.Image) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     return encode_image(image.transpose(Image.Transpose.ROTATE_90), "PNG", exif=exif)
+
+
+class QuietFileHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files, and ``/redirect?to=URL`` as a 302 to URL (to itself without ``to``); a client that hangs up
+    early is not an error."""
+
+    def do_GET(self) -> None:
+        parts = urllib.parse.urlsplit(self.path)
+        if parts.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", urllib.parse.parse_qs(parts.query).get("to", ["/redirect"])[0])
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def handle(self) -> None:
+        with contextlib.suppress(ConnectionError):
+            super().handle()
+
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serving_folder(folder: Path) -> Iterator[str]:
+    """A static file server on loopback, the only place a remote fetch test may reach; yields its base url."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietFileHandler, directory=folder))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

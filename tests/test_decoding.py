@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import base64
-import contextlib
-import functools
-import http.server
-import threading
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import encode_image, exif_rotated_png, png_declaring_size
+from helpers import LOOPBACK_ALLOWED, encode_image, exif_rotated_png, png_declaring_size
 from PIL import Image
 
 from clip_image_encoder.errors import ImageInputError
 from clip_image_encoder.sources import DecodeLimits, load_image
 
-LIMITS = DecodeLimits()
+LIMITS = DecodeLimits(local_uri_roots=None)
+"""Any local file may be read, as the command line reads what it is given (guards: test_input_guards.py)."""
 
 
 @pytest.fixture(scope="module")
@@ -162,45 +160,22 @@ def test_remote_uri_is_refused_while_disabled():
         load_image("https://example.com/cat.jpg", LIMITS)
 
 
-class QuietFileHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files; a client that hangs up early (the size cap does) is not an error here."""
-
-    def handle(self) -> None:
-        with contextlib.suppress(ConnectionError):
-            super().handle()
-
-    def log_message(self, format: str, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def local_http_server(tmp_path: Path):
-    """A static file server on loopback: the only place a remote fetch test may reach."""
-    handler = functools.partial(QuietFileHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
 def test_remote_uri_is_fetched_when_enabled(local_http_server, astronaut):
     folder, base_url = local_http_server
     (folder / "a.png").write_bytes(encode_image(astronaut, "PNG"))
-    decoded = load_image(f"{base_url}/a.png", DecodeLimits(allow_remote_uris=True))
+    decoded = load_image(f"{base_url}/a.png", LOOPBACK_ALLOWED)
     np.testing.assert_array_equal(pixels(decoded), pixels(astronaut))
 
 
 def test_remote_body_over_the_size_cap_is_refused(local_http_server, astronaut):
     folder, base_url = local_http_server
     (folder / "a.png").write_bytes(encode_image(astronaut, "PNG"))
-    limits = DecodeLimits(allow_remote_uris=True, max_remote_bytes=1000)
+    limits = dataclasses.replace(LOOPBACK_ALLOWED, max_remote_bytes=1000)
     with pytest.raises(ImageInputError, match="larger than max_remote_bytes=1000"):
         load_image(f"{base_url}/a.png", limits)
 
 
 def test_remote_not_found_is_an_error(local_http_server):
     _, base_url = local_http_server
-    with pytest.raises(ImageInputError, match="could not be fetched"):
-        load_image(f"{base_url}/missing.png", DecodeLimits(allow_remote_uris=True))
+    with pytest.raises(ImageInputError, match="answered HTTP 404"):
+        load_image(f"{base_url}/missing.png", LOOPBACK_ALLOWED)

@@ -137,10 +137,12 @@ def test_serve_has_a_flag_for_every_option():
         flag = "--" + name.replace("_", "-")
         if option.type == "bool":
             argv.append(flag if option.default else flag.replace("--", "--no-"))
+        elif option.type == "tuple[str, ...]":
+            argv += [flag, *option.default]
         else:
             argv += [flag, str(option.default)]
     args = build_parser().parse_args(argv)
-    assert {name: getattr(args, name) for name in OPTIONS} == EncoderOptions().as_dict()
+    assert EncoderOptions(**{name: getattr(args, name) for name in OPTIONS}) == EncoderOptions()
 
 
 def test_serve_reads_the_config_and_flags_override_it(tmp_path):
