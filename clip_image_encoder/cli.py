@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +33,7 @@ from clip_image_encoder.errors import EmbeddingError, ModelNotFoundError, Option
 from clip_image_encoder.exported import EXPORT_FILES
 from clip_image_encoder.options import OPTIONS, EncoderOptions, add_arguments, config_yaml, markdown_table, spec
 from clip_image_encoder.pipeline import EncodeResult, ImageEncoder, ImageItem
+from clip_image_encoder.shutdown import stop_executors_in_order
 from clip_image_encoder.similarity import cosine_similarity
 
 if TYPE_CHECKING:
@@ -195,10 +198,27 @@ def serve(args: argparse.Namespace) -> int:
     if args.search:
         from clip_image_encoder.indexer import ImageIndexer
 
-        flow = flow.add(name="indexer", uses=ImageIndexer, uses_with={"db": args.db})
+        flow = flow.add(
+            name="indexer", uses=ImageIndexer, uses_with={"db": args.db, "stop_timeout_s": options.stop_timeout_s}
+        )
+    stop = _event_set_by_stop_signals()
     with flow:
-        flow.block()
+        while not stop.wait(0.5):  # a timeout: the signal may land on another thread; this one runs its handler
+            pass
+        # Leaving `with` closes the gateway first, which cancels the calls in flight: drain the Executors before.
+        stop_executors_in_order(["encoder", "indexer"], options.stop_timeout_s + 5)
     return 0
+
+
+def _event_set_by_stop_signals() -> threading.Event:
+    """Ctrl+C, docker stop and Kubernetes (SIGINT, SIGTERM) all stop the same way: in order, answering first.
+
+    Without this, SIGTERM killed this process alone and left the Flow's processes serving.
+    """
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    return stop
 
 
 def export(args: argparse.Namespace) -> int:

@@ -16,8 +16,10 @@ from jina import Executor, requests
 
 from clip_image_encoder.documents import ImageDocument
 from clip_image_encoder.errors import EmbeddingError
+from clip_image_encoder.metrics import ServiceMetrics
 from clip_image_encoder.options import OPTIONS, EncoderOptions
 from clip_image_encoder.pipeline import ImageEncoder, ImageItem
+from clip_image_encoder.shutdown import serve_gracefully
 from clip_image_encoder.sources import ImageSource
 
 
@@ -57,10 +59,15 @@ class CLIPImageEncoder(Executor):
         )
         self.options = EncoderOptions.from_mapping(options)
         self.encoder = ImageEncoder.from_options(self.options, replicas=getattr(self.runtime_args, "replicas", 1))
+        # Jina's registry exists with --monitoring, its tracer with --tracing; the model is known once loaded.
+        self.encoder.metrics = ServiceMetrics(
+            getattr(self.runtime_args, "metrics_registry", None), self.tracer, _model_info(self.options, self.encoder)
+        )
         # Without overlap (cpu), concurrent requests only contend: take them one at a time, as Jina does
         # for sync endpoints (benchmarks/RESULTS_SMALL.md).
         self._one_request_at_a_time = contextlib.nullcontext() if self.encoder.overlaps else asyncio.Lock()
         self._ignored_parameters: set[str] = set()
+        self._in_flight = serve_gracefully(self.options.stop_timeout_s)
 
     __init__.__signature__ = _with_option_keywords(__init__)
 
@@ -72,10 +79,11 @@ class CLIPImageEncoder(Executor):
 
         Async so that, on cuda, the next request decodes while the model runs; on cpu, where
         overlapping only makes threads contend for the cores, requests are taken one at a time.
-        A bad parameter fails this request alone, with a message that names it.
+        A bad parameter fails this request alone, with a message that names it. On a stop signal,
+        requests in flight are answered first (`shutdown`).
         """
         options = self._request_options(parameters or {})
-        async with self._one_request_at_a_time:
+        async with self._in_flight.track(), self._one_request_at_a_time:
             with self.monitor("encode_seconds", "Time to embed the Documents of one request"):
                 await asyncio.to_thread(self._encode_documents, docs, options)
         return docs
@@ -107,6 +115,17 @@ class CLIPImageEncoder(Executor):
     def close(self) -> None:
         self.encoder.close()
         super().close()
+
+
+def _model_info(options: EncoderOptions, encoder: ImageEncoder) -> dict[str, str]:
+    model = encoder.model
+    return {
+        "model": options.pretrained_model_name_or_path,
+        "backend": options.backend,
+        "device": str(model.device),
+        "dtype": "int8" if options.dtype == "int8" else str(model.dtype).removeprefix("torch."),
+        "embedding_dim": str(model.embedding_dim),
+    }
 
 
 def _image_item(doc: ImageDocument, default_rotation: int) -> ImageItem:

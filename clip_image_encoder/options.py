@@ -99,6 +99,14 @@ class EncoderOptions:
         "Networks (CIDR, e.g. 10.1.0.0/16) that remote uris may reach although they are not public.",
         serving_only=True,
     )
+    stop_timeout_s: int = _option(
+        25,
+        "On SIGTERM or SIGINT, seconds to wait for requests in flight before stopping (new ones are refused). "
+        "Keep it below the grace period of what stops the service: docker stop --time (10 s by default), "
+        "Kubernetes terminationGracePeriodSeconds (30 s).",
+        minimum=0,
+        serving_only=True,
+    )
     # --- a request may override these in `parameters` ---
     batch_size: int = _option(32, "Images per forward pass.", minimum=1, per_request=True)
     normalize: bool = _option(False, "l2-normalise embeddings.", per_request=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clip_image_encoder.errors import EmbeddingError, ImageInputError, ModelError, OptionError
+from clip_image_encoder.metrics import PipelineMetrics
 from clip_image_encoder.model import EmbeddingModel
 from clip_image_encoder.model_loading import load_model
 from clip_image_encoder.options import EncoderOptions
@@ -62,10 +63,12 @@ class ImageEncoder:
         limits: DecodeLimits | None = None,
         num_workers: int = 2,
         prefetch_batches: int | None = None,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         """Take a loaded model, or a function that loads one (run on the model thread); warm it up there.
 
         ``prefetch_batches``: batches decoded ahead of the model; default 2 on cuda, 0 on cpu.
+        ``metrics``: where stage timings, batch sizes and outcomes go (default: nowhere).
         """
         # Every torch op runs on this one thread, loading (int8 quantisation computes) and warm-up
         # included: libgomp gives each thread that starts parallel work a team of its own, and one idle
@@ -78,6 +81,7 @@ class ImageEncoder:
             self._model_thread.shutdown()
             raise
         self.limits = limits or DecodeLimits()
+        self.metrics = metrics or PipelineMetrics()
         if prefetch_batches is None:
             prefetch_batches = 2 if self.model.device.type == "cuda" else 0
         self.prefetch_batches = prefetch_batches
@@ -86,7 +90,12 @@ class ImageEncoder:
         self._pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="decode")
 
     @classmethod
-    def from_options(cls, options: EncoderOptions, replicas: int = 1, any_local_file: bool = False) -> ImageEncoder:
+    def from_options(
+        cls,
+        options: EncoderOptions,
+        replicas: int = 1,
+        any_local_file: bool = False,
+    ) -> ImageEncoder:
         """The encoder that the options describe; sets the process's torch threads (shared among replicas).
 
         ``any_local_file``: read any path it is given (the command line), instead of only under
@@ -120,15 +129,18 @@ class ImageEncoder:
             )
         output = OutputOptions.from_options(options)
         preprocessor = Preprocessor(self.model.preprocess, options.preprocessing)
+        trace = self.metrics.trace_context()  # the caller's span parents the spans of the pool's threads
         pending: deque[list[Future]] = deque()
         for batch in _batched(sources, options.batch_size):
-            pending.append([self._pool.submit(self.prepare, source, preprocessor) for source in batch])
+            pending.append([self._pool.submit(self.prepare, source, preprocessor, trace) for source in batch])
             if len(pending) > self.prefetch_batches:
-                yield from self._embed_batch(pending.popleft(), preprocessor, output)
+                yield from self._embed_batch(pending.popleft(), preprocessor, output, trace)
         while pending:
-            yield from self._embed_batch(pending.popleft(), preprocessor, output)
+            yield from self._embed_batch(pending.popleft(), preprocessor, output, trace)
 
-    def prepare(self, item: ImageSource | ImageItem | None, preprocessor: Preprocessor) -> np.ndarray:
+    def prepare(
+        self, item: ImageSource | ImageItem | None, preprocessor: Preprocessor, trace: object = None
+    ) -> np.ndarray:
         """Decode and preprocess one source: ``(H, W, 3)`` uint8 pixels, or a checked ``(3, H, W)`` float32 input."""
         if not isinstance(item, ImageItem):
             item = ImageItem(item)
@@ -137,8 +149,10 @@ class ImageEncoder:
                 raise ImageInputError("roi and rotation cannot apply to a preprocessed model input")
             return preprocessor.model_input(item.source)
         try:
-            image = load_image(item.source, self.limits, draft_size=preprocessor.draft_size(item.roi))
-            return preprocessor.image(image, item.roi, item.rotation)
+            with self.metrics.stage("decode", trace):
+                image = load_image(item.source, self.limits, draft_size=preprocessor.draft_size(item.roi))
+            with self.metrics.stage("preprocess", trace):
+                return preprocessor.image(image, item.roi, item.rotation)
         except EmbeddingError:
             raise
         except Exception as exc:  # a bug or an exotic file must still only fail its own input
@@ -146,7 +160,7 @@ class ImageEncoder:
             raise ImageInputError(f"image could not be preprocessed ({type(exc).__name__}: {exc})") from exc
 
     def _embed_batch(
-        self, futures: list[Future], preprocessor: Preprocessor, output: OutputOptions
+        self, futures: list[Future], preprocessor: Preprocessor, output: OutputOptions, trace: object
     ) -> Iterator[EncodeResult]:
         results: list[EncodeResult] = []
         for future in futures:
@@ -156,17 +170,27 @@ class ImageEncoder:
                 results.append(exc)
         ready = [i for i, result in enumerate(results) if isinstance(result, np.ndarray)]
         if ready:
-            embedded = self._embed_prepared([results[i] for i in ready], preprocessor, output)
+            embedded = self._embed_prepared([results[i] for i in ready], preprocessor, output, trace)
             for index, result in zip(ready, embedded, strict=True):
                 results[index] = result
+        for result in results:
+            self.metrics.outcome(result)
         yield from results
 
     def _embed_prepared(
-        self, prepared: list[np.ndarray], preprocessor: Preprocessor, output: OutputOptions
+        self, prepared: list[np.ndarray], preprocessor: Preprocessor, output: OutputOptions, trace: object
     ) -> list[EncodeResult]:
         """One forward pass over a batch's prepared inputs; if the model fails, each gets that `ModelError`."""
+
+        def normalize_and_forward() -> np.ndarray:
+            with self.metrics.stage("normalize", trace):
+                batch = preprocessor.batch(prepared)
+            with self.metrics.stage("forward", trace):
+                return self.model.embed(batch)
+
+        self.metrics.batch(len(prepared))
         try:
-            embeddings = self._model_thread.submit(lambda: self.model.embed(preprocessor.batch(prepared))).result()
+            embeddings = self._model_thread.submit(normalize_and_forward).result()
         except Exception as exc:  # the model failing one batch must not end the service
             logger.exception("model failed on a batch of %d", len(prepared))
             return [ModelError(f"model failed on this batch ({type(exc).__name__}: {exc})")] * len(prepared)

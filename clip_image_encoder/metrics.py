@@ -1,0 +1,103 @@
+"""What the pipeline reports while it works: stage timings, batch sizes, outcomes, and trace spans.
+
+`PipelineMetrics` reports nowhere (the command line uses it). `ServiceMetrics` reports through
+what Jina gives a served Executor: the Prometheus registry of ``--monitoring`` (scraped on
+``--port-monitoring``) and the OpenTelemetry tracer of ``--tracing``. Metric names:
+
+- ``clip_encoder_stage_seconds{stage}``: ``decode`` and ``preprocess`` per image (decode threads),
+  ``normalize`` and ``forward`` per batch (model thread);
+- ``clip_encoder_batch_size``: images per forward pass;
+- ``clip_encoder_embedded_total``, ``clip_encoder_failed_total{reason}``: inputs by outcome, failures
+  by class (``undecodable``, ``too_large``, ``refused_uri``, ``unreadable_uri``, ``no_image``,
+  ``invalid_input``, ``model``);
+- ``clip_encoder_model_info{model, backend, device, dtype, embedding_dim}``: always 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry import context as otel_context
+
+from clip_image_encoder.errors import EmbeddingError
+
+STAGES = ("decode", "preprocess", "normalize", "forward")
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class PipelineMetrics:
+    """Reports nowhere; `ServiceMetrics` reports to Prometheus and OpenTelemetry."""
+
+    def trace_context(self) -> Any:
+        """The caller's trace context, to parent the spans of work done on other threads."""
+        return None
+
+    @contextlib.contextmanager
+    def stage(self, name: str, parent: Any = None) -> Iterator[None]:
+        yield
+
+    def batch(self, size: int) -> None:
+        pass
+
+    def outcome(self, result: object) -> None:
+        """One input's result: an embedding, or the `EmbeddingError` it got."""
+
+
+class ServiceMetrics(PipelineMetrics):
+    """Prometheus metrics on Jina's registry (None without ``--monitoring``) and spans on Jina's tracer."""
+
+    def __init__(self, registry: Any, tracer: Any, model_info: dict[str, str]) -> None:
+        self._tracer = tracer
+        self._prometheus = registry is not None
+        if not self._prometheus:
+            return
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self._stage_seconds = Histogram(
+            "clip_encoder_stage_seconds",
+            "Time of one pipeline stage: decode and preprocess per image, normalize and forward per batch",
+            ["stage"],
+            registry=registry,
+        )
+        self._batch_size = Histogram(
+            "clip_encoder_batch_size", "Images per forward pass", buckets=BATCH_SIZE_BUCKETS, registry=registry
+        )
+        self._embedded = Counter("clip_encoder_embedded", "Inputs embedded", registry=registry)
+        self._failed = Counter(
+            "clip_encoder_failed", "Inputs that got an error, by class", ["reason"], registry=registry
+        )
+        info = Gauge("clip_encoder_model_info", "The served model (value 1)", list(model_info), registry=registry)
+        info.labels(**model_info).set(1)
+
+    def trace_context(self) -> Any:
+        return otel_context.get_current() if self._tracer is not None else None
+
+    @contextlib.contextmanager
+    def stage(self, name: str, parent: Any = None) -> Iterator[None]:
+        started = time.perf_counter()
+        span = (
+            self._tracer.start_as_current_span(f"clip_encoder.{name}", context=parent)
+            if self._tracer is not None
+            else contextlib.nullcontext()
+        )
+        try:
+            with span:
+                yield
+        finally:  # a failed decode took its time too
+            if self._prometheus:
+                self._stage_seconds.labels(name).observe(time.perf_counter() - started)
+
+    def batch(self, size: int) -> None:
+        if self._prometheus:
+            self._batch_size.observe(size)
+
+    def outcome(self, result: object) -> None:
+        if not self._prometheus:
+            return
+        if isinstance(result, EmbeddingError):
+            self._failed.labels(result.reason).inc()
+        else:
+            self._embedded.inc()
