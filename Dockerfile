@@ -1,4 +1,5 @@
-# CPU image: docker build -t clip-image-encoder . && docker run -p 51000:51000 -v ~/.cache/huggingface:/cache clip-image-encoder
+# CPU image. Build: docker build -t clip-image-encoder .
+# Run:   docker run -p 51000:51000 -v hf-cache:/cache clip-image-encoder          (README: "Run the container")
 # BASE is an argument so that the image also builds from a local base image (no registry pull).
 ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
@@ -12,20 +13,27 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/cache \
     JINA_OPTOUT_TELEMETRY=1
 
+# uid 10001 owns /cache, so a named volume (which takes the image's ownership) works as it is.
 RUN python -m venv /opt/venv \
     && useradd --create-home --uid 10001 encoder \
     && mkdir -p /cache \
     && chown encoder /cache
 
 WORKDIR /app
-# Dependencies first, so that code changes do not re-install them.
-COPY install.sh requirements.txt pyproject.toml README.md ./
+# Dependencies in a layer of their own: a change to the code does not install them again.
+COPY install.sh requirements.txt ./
+RUN ./install.sh deps
+COPY pyproject.toml README.md ./
 COPY clip_image_encoder ./clip_image_encoder
-RUN ./install.sh
+RUN ./install.sh package
 COPY executor.py config.yml indexer.yml flow.yml manifest.yml ./
 
 USER 10001
 VOLUME ["/cache"]
 EXPOSE 51000
-ENTRYPOINT ["jina", "executor", "--uses", "config.yml"]
+# `serve` reads config.yml (flags after the image name override it) and stops gracefully on SIGTERM.
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
+    CMD ["clip-image-encoder", "health", "--port", "51000"]
+ENTRYPOINT ["clip-image-encoder", "serve", "--config", "config.yml"]
 CMD ["--port", "51000"]

@@ -7,6 +7,7 @@ embedding read-out and preprocessing. Adding a backbone is adding one entry to `
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +137,17 @@ def load_backbone(name_or_path: str, dtype: torch.dtype, hub_kwargs: dict[str, A
     if (folder.is_absolute() or name_or_path.startswith(".")) and not folder.is_dir():
         raise ModelNotFoundError(f"model folder {name_or_path!r} does not exist")
     source = str(folder) if folder.is_dir() else name_or_path
+    if folder.is_dir():
+        _check_readable(folder)
     try:
         model_type = AutoConfig.from_pretrained(source, trust_remote_code=False, **hub_kwargs).model_type
         return _backbone_for(model_type, name_or_path).build(source, dtype, hub_kwargs)
+    except PermissionError as exc:
+        raise ModelNotFoundError(
+            f"model {name_or_path!r}: permission denied on {exc.filename} for this user (uid {os.getuid()}). "
+            "In a container, mount the Hugging Face cache as a named volume (-v hf-cache:/cache), or run with "
+            "--user $(id -u):$(id -g) when /cache is a folder of the host."
+        ) from exc
     except OSError as exc:
         raise ModelNotFoundError(
             f"model {name_or_path!r} could not be loaded ({exc}). Offline, either pass a local "
@@ -146,6 +155,17 @@ def load_backbone(name_or_path: str, dtype: torch.dtype, hub_kwargs: dict[str, A
             "model and point HF_HOME at it (e.g. docker run -v ~/.cache/huggingface:/cache), "
             f"or use a backbone whose weights ship in a package: {', '.join(packaged)}."
         ) from exc
+
+
+def _check_readable(folder: Path) -> None:
+    """Say "permission" when it is one: transformers reports an unreadable weights file as a missing one."""
+    for path in folder.iterdir():
+        if path.is_file() and not os.access(path, os.R_OK):
+            raise ModelNotFoundError(
+                f"model file {path} is not readable by this user (uid {os.getuid()}): permission denied. "
+                "save_pretrained writes weights with mode 0600; make the folder readable (chmod -R a+rX) "
+                "or run as the files' owner (docker run --user)."
+            )
 
 
 def _backbone_for(model_type: str, name_or_path: str) -> Backbone:

@@ -6,6 +6,7 @@
     clip-image-encoder search QUERY.jpg --db DIR -k 10
     clip-image-encoder serve [--config config.yml] [--port 51000] [--search --db DIR]
     clip-image-encoder export --format onnx|torchscript --out DIR
+    clip-image-encoder health [--port 51000]
     clip-image-encoder options [--format yaml|markdown]
 
 Every command uses the same pipeline as the Executor, and its encoder flags come from the one
@@ -192,8 +193,19 @@ def serve(args: argparse.Namespace) -> int:
         return _fail(f"config file {config} does not exist")
     given = {name: getattr(args, name) for name in OPTIONS if hasattr(args, name)}
     options = serving_options(Path(config) if config else None, given)
-    flow = Flow(port=args.port, protocol=args.protocol).add(
-        name="encoder", uses=CLIPImageEncoder, uses_with=options.as_dict()
+    observability = {"tracing": args.tracing}
+    if args.tracing:
+        observability |= {
+            "traces_exporter_host": args.traces_exporter_host,
+            "traces_exporter_port": args.traces_exporter_port,
+        }
+    flow = Flow(port=args.port, protocol=args.protocol, **observability).add(
+        name="encoder",
+        uses=CLIPImageEncoder,
+        uses_with=options.as_dict(),
+        monitoring=args.monitoring,
+        port_monitoring=args.port_monitoring,
+        **observability,
     )
     if args.search:
         from clip_image_encoder.indexer import ImageIndexer
@@ -230,6 +242,15 @@ def export(args: argparse.Namespace) -> int:
     print(f"exported {args.pretrained_model_name_or_path} as {args.format} to {target}")
     print(f"serve it with: --backend {args.format} --model {args.out}")
     return 0
+
+
+def health(args: argparse.Namespace) -> int:
+    """Exit 0 when the service answers and every Executor behind it is ready (Jina's own check), else 1."""
+    from jina import Client
+
+    ready = Client(host=args.host, port=args.port, protocol=args.protocol).is_flow_ready(timeout=args.timeout)
+    print("ready" if ready else "not ready")
+    return 0 if ready else 1
 
 
 def show_options(args: argparse.Namespace) -> int:
@@ -293,8 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--protocol", choices=("grpc", "http", "websocket"), default="grpc")
     server.add_argument("--search", action="store_true", help="serve the search Flow: /index and /search")
     server.add_argument("--db", default="index", help="index folder of the search Flow")
+    server.add_argument("--monitoring", action="store_true", help="Prometheus metrics of the encoder")
+    server.add_argument("--port-monitoring", type=int, default=9090, help="port of the encoder's /metrics")
+    server.add_argument("--tracing", action="store_true", help="OpenTelemetry spans (OTLP over gRPC)")
+    server.add_argument("--traces-exporter-host", default="127.0.0.1", help="OTLP collector host")
+    server.add_argument("--traces-exporter-port", type=int, default=4317, help="OTLP collector port")
     add_arguments(server, defaults=False)
     server.set_defaults(handler=serve)
+
+    checker = commands.add_parser("health", help="exit 0 if a served encoder and its Executors are ready")
+    checker.add_argument("--host", default="127.0.0.1")
+    checker.add_argument("--port", type=int, default=51000)
+    checker.add_argument("--protocol", choices=("grpc", "http", "websocket"), default="grpc")
+    checker.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    checker.set_defaults(handler=health)
 
     listing = commands.add_parser("options", help="print every option: config.yml's 'with:' or the README's table")
     listing.add_argument("--format", choices=("yaml", "markdown"), default="yaml")

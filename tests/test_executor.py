@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import cosine, embed, encode_image, png_declaring_size
 from PIL import Image
 
@@ -176,3 +177,42 @@ def test_image_data_can_be_left_out_of_the_response(executor, photos):
     dropped = embed(executor, docs, keep_image_data=False)
     assert all(d.bytes_ is None and d.tensor is None for d in dropped)
     assert dropped[0].embedding is not None and dropped[1].embedding is not None and dropped[2].error
+
+
+def test_an_unreadable_model_file_is_reported_as_a_permission_problem(tiny_model_dir, tmp_path_factory):
+    """save_pretrained writes weights with mode 0600: another user (a container's uid 10001) cannot read them,
+    and transformers would call the file missing. Checked in a child process that has dropped root."""
+    import os
+    import shutil
+    import tempfile
+
+    from clip_image_encoder.backbones import load_backbone
+
+    folder = Path(tempfile.mkdtemp(prefix="model-"))
+    try:
+        os.chmod(folder, 0o755)
+        for path in tiny_model_dir.iterdir():
+            shutil.copy(path, folder / path.name)
+            os.chmod(folder / path.name, 0o644)
+        os.chmod(folder / "model.safetensors", 0o600)
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # the child: become nobody, try to load, report the error text
+            os.close(read_end)
+            message = "loaded"
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                load_backbone(str(folder), torch.float32)
+            except Exception as exc:
+                message = f"{type(exc).__name__}: {exc}"
+            os.write(write_end, message.encode())
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as pipe:
+            message = pipe.read()
+        os.waitpid(child, 0)
+    finally:
+        shutil.rmtree(folder)
+    assert message.startswith("ModelNotFoundError") and "permission denied" in message, message
+    assert "model.safetensors" in message and "uid 65534" in message

@@ -17,6 +17,7 @@ from helpers import encode_image, free_port, wait_for_port
 from jina import Client, Flow
 from PIL import Image
 
+from clip_image_encoder.cli import main
 from clip_image_encoder.documents import ImageDocument
 from clip_image_encoder.executor import CLIPImageEncoder
 
@@ -76,7 +77,7 @@ def test_flow_embeds_good_documents_and_reports_broken_ones(tiny_model_dir, phot
 
 @pytest.mark.parametrize("model", ["tiny-clip-folder", "efficientnet-lite0"])
 def test_jina_executor_cli_serves_from_config_yml(tiny_model_dir, photos, model):
-    """The README's main command, offline: a local CLIP folder, and the packaged backbone."""
+    """Jina's own way to serve config.yml, offline: a local CLIP folder, and the packaged backbone."""
     port = free_port()
     name = str(tiny_model_dir) if model == "tiny-clip-folder" else model
     uses_with = json.dumps({"pretrained_model_name_or_path": name})
@@ -170,6 +171,8 @@ def test_serve_command_serves_the_options_of_its_config_and_flags(tiny_model_dir
         embedding = np.asarray(answer.embedding)
         assert embedding.shape == (8,)
         assert np.linalg.norm(embedding) == pytest.approx(1, abs=1e-5)
+        assert main(["health", "--port", str(port)]) == 0  # what the image's HEALTHCHECK runs
+        assert main(["health", "--port", str(free_port()), "--timeout", "1"]) == 1
     finally:
         os.killpg(server.pid, signal.SIGINT)
         server.wait(timeout=60)
