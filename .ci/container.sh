@@ -66,6 +66,6 @@ echo "image built in $(( $(date +%s) - build_started )) s"
 step "run and check"
 container=$("${BUILDAH[@]}" from "$IMAGE")
 rootfs=$("${BUILDAH[@]}" mount "$container")
-"${BUILDAH[@]}" inspect --format '{{json .Docker}}' "$IMAGE" > "$work/image.json"
+"${BUILDAH[@]}" inspect --type image "$IMAGE" > "$work/image.json"
 python .ci/container_check.py --rootfs "$rootfs" --image-config "$work/image.json" --work "$work"
 echo "== container: all done in $(( $(date +%s) - started )) s"
