@@ -4,7 +4,7 @@ Jina's worker runtime stops on SIGTERM or SIGINT by closing the Executor and the
 with no grace, which cuts requests in flight. `drain_before_stopping` puts a handler in front of
 Jina's: it waits until no request has been in flight for `SETTLE_S` (requests still on their way
 from a gateway are answered too), at most ``grace_s`` seconds, then runs Jina's own stop. A
-second signal stops at once.
+second signal of the same kind stops at once.
 
 `die_with_parent` makes the worker process stop (gracefully, by SIGTERM) when the process that
 started it dies: ``jina executor``'s parent has no SIGTERM handler, and without this its worker
@@ -43,7 +43,8 @@ class RequestsInFlight:
         self.count = 0
         self.started = 0
         """Requests begun so far: a stop sees whether any came while it waited."""
-        self.stopping = False
+        self.stopping: signal.Signals | None = None
+        """The signal that began the stop, once one has."""
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -116,11 +117,13 @@ def drain_before_stopping(requests: RequestsInFlight, grace_s: float) -> bool:
 
 
 def _on_stop_signal(sig: signal.Signals, requests: RequestsInFlight, grace_s: float, jina_stop: asyncio.Handle) -> None:
-    if requests.stopping:  # a second signal: stop now
+    if requests.stopping == sig:  # the same signal again (a second Ctrl+C): stop now
         logger.warning("second %s: stopping without waiting for %d request(s) in flight", sig.name, requests.count)
         jina_stop._run()
         return
-    requests.stopping = True
+    if requests.stopping:  # SIGINT to the group, then SIGTERM from `serve`: one stop, still draining
+        return
+    requests.stopping = sig
     logger.info("%s: answering %d request(s) in flight before stopping", sig.name, requests.count)
 
     async def drain_then_stop() -> None:

@@ -138,3 +138,35 @@ def test_jina_executor_stops_its_worker_with_it_and_frees_the_port(tiny_model_di
     result = stop_during_request(command, port, large_photos)
     assert result["returncode"] == -signal.SIGTERM
     assert result["left_behind"] == [] and result["port_free"]
+
+
+def test_the_drain_waits_for_requests_and_only_the_same_signal_twice_forces_a_stop():
+    """SIGINT to a process group, then SIGTERM from `serve`, is one stop that still drains; a second Ctrl+C is not."""
+    import asyncio
+
+    from clip_image_encoder.shutdown import RequestsInFlight, _on_stop_signal
+
+    async def scenario() -> list[str]:
+        stops: list[str] = []
+        loop = asyncio.get_running_loop()
+        jina_stop = asyncio.Handle(lambda: stops.append(f"stopped at {loop.time() - began:.1f}"), (), loop)
+        requests = RequestsInFlight()
+        began = loop.time()
+
+        async def request_of(seconds: float) -> None:
+            async with requests.track():
+                await asyncio.sleep(seconds)
+
+        in_flight = asyncio.create_task(request_of(0.5))
+        await asyncio.sleep(0)
+        _on_stop_signal(signal.SIGINT, requests, 10, jina_stop)
+        _on_stop_signal(signal.SIGTERM, requests, 10, jina_stop)
+        assert stops == []  # neither stops before the request in flight is answered
+        await in_flight
+        await asyncio.sleep(1.6)  # answered at 0.5 s, then 1 s with no request: stopped
+        _on_stop_signal(signal.SIGINT, requests, 10, jina_stop)  # the same signal again: at once
+        return stops
+
+    stops = asyncio.run(scenario())
+    assert len(stops) == 2
+    assert 1.4 <= float(stops[0].split()[-1]) <= 2.0
