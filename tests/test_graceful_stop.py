@@ -60,7 +60,7 @@ def port_is_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def stop_during_request(command: list[str], port: int, large_photos: list[Path]) -> dict:
+def stop_during_request(command: list[str], port: int, large_photos: list[Path], endpoint: str = "/") -> dict:
     """Start the server, post the large request, send SIGTERM to the server's process (as `kill` and `docker
     stop` do) while the request is in flight, and report what the client got and how the server ended."""
     server = subprocess.Popen(command, cwd=REPO, env={**os.environ, "JINA_LOG_LEVEL": "ERROR"}, start_new_session=True)
@@ -73,7 +73,7 @@ def stop_during_request(command: list[str], port: int, large_photos: list[Path])
             client = Client(host="127.0.0.1", port=port)
             try:
                 answer["docs"] = client.post(
-                    "/", inputs=docs, request_size=len(docs), return_type=DocList[ImageDocument]
+                    endpoint, inputs=docs, request_size=len(docs), return_type=DocList[ImageDocument]
                 )
             except Exception as exc:  # reported by the assertions, not lost in the thread
                 answer["error"] = repr(exc)
@@ -124,6 +124,26 @@ def test_serve_answers_the_request_in_flight_then_exits_0(tiny_model_dir, tmp_pa
     assert_answered_in_full(result, len(large_photos))
     assert result["returncode"] == 0
     assert result["stop_seconds"] < 25
+
+
+def test_serve_search_keeps_everything_indexed_when_stopped_during_an_index_request(
+    tiny_model_dir, tmp_path, large_photos
+):
+    from clip_image_encoder.vector_store import VectorIndex
+
+    config = tmp_path / "config.yml"
+    config.write_text(
+        config_yaml()
+        .replace("openai/clip-vit-base-patch32", str(tiny_model_dir))
+        .replace("local_uri_roots: []", f"local_uri_roots: [{large_photos[0].parent}]")
+    )
+    port, db = free_port(), tmp_path / "db"
+    command = [str(BIN / "clip-image-encoder"), "serve", "--config", str(config), "--port", str(port)]
+    result = stop_during_request([*command, "--search", "--db", str(db)], port, large_photos, endpoint="/index")
+    assert_answered_in_full(result, len(large_photos))
+    assert result["returncode"] == 0
+    with VectorIndex(db) as index:
+        assert len(index) == len(large_photos)
 
 
 def test_jina_executor_stops_its_worker_with_it_and_frees_the_port(tiny_model_dir, large_photos):
