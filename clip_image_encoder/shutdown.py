@@ -6,9 +6,11 @@ Jina's: it waits until no request has been in flight for `SETTLE_S` (requests st
 from a gateway are answered too), at most ``grace_s`` seconds, then runs Jina's own stop. A
 second signal of the same kind stops at once.
 
-`die_with_parent` makes the worker process stop (gracefully, by SIGTERM) when the process that
-started it dies: ``jina executor``'s parent has no SIGTERM handler, and without this its worker
-kept serving, orphaned, after ``kill``.
+`die_with_parent` makes the worker process stop, gracefully, when the process that started it dies:
+``jina executor``'s parent has no SIGTERM handler, and without this its worker kept serving,
+orphaned, after ``kill``. Linux sends the parent-death signal once per exiting thread of the parent,
+so it is a signal of its own (`PARENT_DIED`), which begins a drain and is never taken for a second
+Ctrl+C.
 
 A Flow closes its gateway first, which cancels the calls in flight; `stop_executors_in_order` is
 what ``clip-image-encoder serve`` does before that: each Executor, in Flow order, drains and stops
@@ -31,6 +33,8 @@ from collections.abc import AsyncIterator, Sequence
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PARENT_DIED = signal.SIGHUP
+"""What a served worker gets when its parent dies: it drains and stops as on SIGTERM, however many come."""
 SETTLE_S = 1.0
 """How long a stopping Executor must see no request before it stops."""
 _PR_SET_PDEATHSIG = 1
@@ -106,18 +110,19 @@ def drain_before_stopping(requests: RequestsInFlight, grace_s: float) -> bool:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return False
-    jina_handlers = getattr(loop, "_signal_handlers", {})
-    installed = False
-    for sig in STOP_SIGNALS:
-        jina_stop = jina_handlers.get(sig)
+    jina_stops = {sig: getattr(loop, "_signal_handlers", {}).get(sig) for sig in STOP_SIGNALS}
+    for sig, jina_stop in jina_stops.items():
         if jina_stop is not None:
             loop.add_signal_handler(sig, _on_stop_signal, sig, requests, grace_s, jina_stop)
-            installed = True
-    return installed
+    if jina_stops[signal.SIGTERM] is not None:
+        loop.add_signal_handler(
+            PARENT_DIED, _on_stop_signal, PARENT_DIED, requests, grace_s, jina_stops[signal.SIGTERM]
+        )
+    return any(jina_stops.values())
 
 
 def _on_stop_signal(sig: signal.Signals, requests: RequestsInFlight, grace_s: float, jina_stop: asyncio.Handle) -> None:
-    if requests.stopping == sig:  # the same signal again (a second Ctrl+C): stop now
+    if requests.stopping == sig and sig != PARENT_DIED:  # the same signal again (a second Ctrl+C): stop now
         logger.warning("second %s: stopping without waiting for %d request(s) in flight", sig.name, requests.count)
         jina_stop._run()
         return
@@ -141,14 +146,14 @@ _background: set[asyncio.Task] = set()
 
 
 def die_with_parent() -> None:
-    """Ask Linux to send this process SIGTERM when its parent dies (a no-op elsewhere)."""
+    """Ask Linux to send this process `PARENT_DIED` when its parent dies (a no-op elsewhere)."""
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, PARENT_DIED)
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # the parent died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), PARENT_DIED)

@@ -146,27 +146,29 @@ def test_serve_search_keeps_everything_indexed_when_stopped_during_an_index_requ
         assert len(index) == len(large_photos)
 
 
-def test_jina_executor_stops_its_worker_with_it_and_frees_the_port(tiny_model_dir, large_photos):
-    """`jina executor`'s parent has no SIGTERM handler and dies at once (Jina's CLI). Before, its worker went on
-    serving, orphaned; now the worker stops with it. Requests in flight are only answered in full by
-    `clip-image-encoder serve` (the image's entrypoint): here the dying parent takes the call with it."""
+@pytest.mark.parametrize("native", [False, True], ids=["worker-process", "native"])
+def test_jina_executor_answers_the_request_in_flight_then_stops(tiny_model_dir, large_photos, native):
+    """`jina executor`'s parent has no SIGTERM handler and dies at once (Jina's CLI: exit -15); its worker gets
+    the parent-death signal, answers the request in flight in full, and stops, freeing the port. Before, the
+    worker went on serving, orphaned. With `--native` there is one process, and it exits 0."""
     port = free_port()
     uses_with = json.dumps(
         {"pretrained_model_name_or_path": str(tiny_model_dir), "local_uri_roots": [str(large_photos[0].parent)]}
     )
     command = [str(BIN / "jina"), "executor", "--uses", "config.yml", "--port", str(port), "--uses-with", uses_with]
-    result = stop_during_request(command, port, large_photos)
-    assert result["returncode"] == -signal.SIGTERM
-    assert result["left_behind"] == [] and result["port_free"]
+    result = stop_during_request([*command, "--native"] if native else command, port, large_photos)
+    assert_answered_in_full(result, len(large_photos))
+    assert result["returncode"] == (0 if native else -signal.SIGTERM)
 
 
 def test_the_drain_waits_for_requests_and_only_the_same_signal_twice_forces_a_stop():
-    """SIGINT to a process group, then SIGTERM from `serve`, is one stop that still drains; a second Ctrl+C is not."""
+    """SIGINT to a process group, then SIGTERM from `serve`, is one stop that still drains; a second Ctrl+C is not.
+    The parent-death signal, which Linux sends once per exiting thread of the parent, never forces."""
     import asyncio
 
-    from clip_image_encoder.shutdown import RequestsInFlight, _on_stop_signal
+    from clip_image_encoder.shutdown import PARENT_DIED, RequestsInFlight, _on_stop_signal
 
-    async def scenario() -> list[str]:
+    async def scenario(first: signal.Signals, then: signal.Signals, again: signal.Signals) -> list[str]:
         stops: list[str] = []
         loop = asyncio.get_running_loop()
         jina_stop = asyncio.Handle(lambda: stops.append(f"stopped at {loop.time() - began:.1f}"), (), loop)
@@ -179,14 +181,17 @@ def test_the_drain_waits_for_requests_and_only_the_same_signal_twice_forces_a_st
 
         in_flight = asyncio.create_task(request_of(0.5))
         await asyncio.sleep(0)
-        _on_stop_signal(signal.SIGINT, requests, 10, jina_stop)
-        _on_stop_signal(signal.SIGTERM, requests, 10, jina_stop)
+        _on_stop_signal(first, requests, 10, jina_stop)
+        _on_stop_signal(then, requests, 10, jina_stop)
         assert stops == []  # neither stops before the request in flight is answered
         await in_flight
         await asyncio.sleep(1.6)  # answered at 0.5 s, then 1 s with no request: stopped
-        _on_stop_signal(signal.SIGINT, requests, 10, jina_stop)  # the same signal again: at once
+        _on_stop_signal(again, requests, 10, jina_stop)  # the first signal again: at once, unless parent death
         return stops
 
-    stops = asyncio.run(scenario())
+    stops = asyncio.run(scenario(signal.SIGINT, signal.SIGTERM, signal.SIGINT))
     assert len(stops) == 2
+    assert 1.4 <= float(stops[0].split()[-1]) <= 2.0
+    stops = asyncio.run(scenario(PARENT_DIED, PARENT_DIED, PARENT_DIED))
+    assert len(stops) == 1
     assert 1.4 <= float(stops[0].split()[-1]) <= 2.0
