@@ -13,11 +13,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/cache \
     JINA_OPTOUT_TELEMETRY=1
 
-# uid 10001 owns /cache, so a named volume (which takes the image's ownership) works as it is.
+# uid 10001 owns /cache, so a named volume (which takes the image's ownership) works as it is. HOME is
+# writable by any uid: with --user (a host cache's owner) Jina still keeps its caches under ~/.cache.
 RUN python -m venv /opt/venv \
     && useradd --create-home --uid 10001 encoder \
     && mkdir -p /cache \
-    && chown encoder /cache
+    && chown encoder /cache \
+    && chmod 1777 /home/encoder
 
 WORKDIR /app
 # Dependencies in a layer of their own: a change to the code does not install them again.
@@ -28,6 +30,8 @@ COPY clip_image_encoder ./clip_image_encoder
 RUN ./install.sh package
 COPY executor.py config.yml indexer.yml flow.yml manifest.yml ./
 
+# Set after the install steps, which read the build machine's pip configuration from root's home.
+ENV HOME=/home/encoder
 USER 10001
 VOLUME ["/cache"]
 EXPOSE 51000

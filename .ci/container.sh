@@ -4,7 +4,8 @@
 #   1. a local Python 3.11 base: Debian bookworm by debootstrap, imported with podman (kept between runs);
 #   2. buildah builds Dockerfile on that base, with this machine's pip set-up mounted read-only;
 #   3. .ci/container_check.py runs the image's rootfs in a PID namespace of its own (the entrypoint is PID 1,
-#      uid 10001, /cache a volume), sends real requests, sends SIGTERM to PID 1 and checks the graceful exit.
+#      uid 10001, /cache a volume), sends real requests, sends SIGTERM to PID 1 and checks the graceful exit;
+#      then serves a hub model from a bind-mounted host cache as --user 1000:1000, offline.
 # Needs root and the project's virtual environment active (the check's client). Prints sizes and times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,12 +15,13 @@ BASE=localhost/py311-base
 BUILDAH=(buildah --storage-driver vfs)
 work=$(mktemp -d /var/tmp/clip-container.XXXXXX)
 container=""
+second=""
 
 cleanup() {
-    if [ -n "$container" ]; then
-        "${BUILDAH[@]}" umount "$container" >/dev/null 2>&1 || true
-        "${BUILDAH[@]}" rm "$container" >/dev/null 2>&1 || true
-    fi
+    for name in $container $second; do
+        "${BUILDAH[@]}" umount "$name" >/dev/null 2>&1 || true
+        "${BUILDAH[@]}" rm "$name" >/dev/null 2>&1 || true
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -64,8 +66,12 @@ echo "image built in $(( $(date +%s) - build_started )) s"
 "${BUILDAH[@]}" images --format '{{.Name}}:{{.Tag}} {{.Size}}' "$IMAGE"
 
 step "run and check"
+# Two containers of the image: each `docker run` starts from the image's files, not from the last run's.
 container=$("${BUILDAH[@]}" from "$IMAGE")
+second=$("${BUILDAH[@]}" from "$IMAGE")
 rootfs=$("${BUILDAH[@]}" mount "$container")
+second_rootfs=$("${BUILDAH[@]}" mount "$second")
 "${BUILDAH[@]}" inspect --type image "$IMAGE" > "$work/image.json"
-python .ci/container_check.py --rootfs "$rootfs" --image-config "$work/image.json" --work "$work"
+python .ci/container_check.py --rootfs "$rootfs" --second-rootfs "$second_rootfs" \
+    --image-config "$work/image.json" --work "$work"
 echo "== container: all done in $(( $(date +%s) - started )) s"
