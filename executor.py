@@ -2,6 +2,6 @@
 
 from clip_image_encoder.documents import ImageDocument, ImageMatch
 from clip_image_encoder.executor import CLIPImageEncoder
-from clip_image_encoder.indexer import ImageIndexer
+from clip_image_encoder.indexer import ImageIndexer, ShardMerger
 
-__all__ = ["CLIPImageEncoder", "ImageDocument", "ImageIndexer", "ImageMatch"]
+__all__ = ["CLIPImageEncoder", "ImageDocument", "ImageIndexer", "ImageMatch", "ShardMerger"]

@@ -8,6 +8,7 @@
     clip-image-encoder export --format onnx|torchscript --out DIR
     clip-image-encoder health [--port 51000]
     clip-image-encoder options [--format yaml|markdown]
+    clip-image-encoder deploy kubernetes|docker-compose --out DIR [--gpu] [--replicas N] [--shards N]
 
 Every command uses the same pipeline as the Executor, and its encoder flags come from the one
 declaration of the options (`clip_image_encoder.options`).
@@ -17,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +29,13 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from clip_image_encoder.deployment import DEFAULT_FLOW, TARGETS, DeploymentError, export_manifests
 from clip_image_encoder.embedding_files import FORMATS, EmbeddingTable, read_embeddings, write_embeddings
 from clip_image_encoder.errors import EmbeddingError, ModelNotFoundError, OptionError
 from clip_image_encoder.exported import EXPORT_FILES
 from clip_image_encoder.options import OPTIONS, EncoderOptions, add_arguments, config_yaml, markdown_table, spec
 from clip_image_encoder.pipeline import EncodeResult, ImageEncoder, ImageItem
-from clip_image_encoder.shutdown import stop_executors_in_order
+from clip_image_encoder.ray_engine import embed_on_ray, is_object_storage, list_object_storage
 from clip_image_encoder.similarity import cosine_similarity
 
 if TYPE_CHECKING:
@@ -72,24 +73,26 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def embed_folder(args: argparse.Namespace) -> int:
-    data, out = Path(args.data), Path(args.out)
-    if not data.is_dir():
+    """Both engines feed this one writer: same files, errors report, checkpoints, resume and summary."""
+    data, out = args.data, Path(args.out)
+    on_object_storage = args.engine == "ray" and is_object_storage(data)
+    if not on_object_storage and not Path(data).is_dir():
         return _fail(f"{data} is not a folder")
     if out.exists() and not (args.overwrite or args.resume):
         return _fail(f"{out} exists: pass --overwrite to replace it or --resume to add the missing files")
     table = read_embeddings(out, args.format) if args.resume and out.exists() else EmbeddingTable()
     done = set(table.filenames)
     names, vectors = list(table.filenames), list(table.embeddings)
-    todo = [path for path in list_images(data) if path.relative_to(data).as_posix() not in done]
+    listed = list_object_storage(data) if on_object_storage else _relative_names(Path(data))
+    todo = [name for name in listed if name not in done]
     options = _options_from(args)
     errors: list[tuple[str, str]] = []
     started = time.perf_counter()
     with (
-        ImageEncoder.from_options(options, any_local_file=True) as encoder,
+        closing(EMBEDDING_ENGINES[args.engine](args, todo, options)) as results,
         tqdm(total=len(todo), unit="img", desc="embedding", disable=args.quiet) as progress,
     ):
-        for path, result in zip(todo, _encode_paths(encoder, todo, options), strict=True):
-            name = path.relative_to(data).as_posix()
+        for name, result in results:
             if isinstance(result, EmbeddingError):
                 errors.append((name, str(result)))
             else:
@@ -110,6 +113,32 @@ def embed_folder(args: argparse.Namespace) -> int:
             csv.writer(handle).writerows([("filename", "error"), *errors])
         print(f"{len(errors)} file{'s' if len(errors) != 1 else ''} could not be embedded; see {report}")
     return 0
+
+
+def _relative_names(folder: Path) -> list[str]:
+    return [path.relative_to(folder).as_posix() for path in list_images(folder)]
+
+
+def _embed_locally(
+    args: argparse.Namespace, names: list[str], options: EncoderOptions
+) -> Iterator[tuple[str, EncodeResult]]:
+    """The local engine: this process, the pipeline's decode threads and model thread."""
+    paths = [Path(args.data) / name for name in names]
+    with ImageEncoder.from_options(options, any_local_file=True) as encoder:
+        yield from zip(names, _encode_paths(encoder, paths, options), strict=True)
+
+
+def _embed_on_ray(
+    args: argparse.Namespace, names: list[str], options: EncoderOptions
+) -> Iterator[tuple[str, EncodeResult]]:
+    """The ray engine: the same pipeline in Ray Data actors, here or on the cluster RAY_ADDRESS names."""
+    return embed_on_ray(
+        args.data, names, options, args.ray_actors, args.ray_cpus_per_actor, progress_bars=not args.quiet
+    )
+
+
+EMBEDDING_ENGINES = {"local": _embed_locally, "ray": _embed_on_ray}
+"""``embed --engine``: each yields ``(name relative to DATA, embedding | error)`` in the order of the names."""
 
 
 def _table(names: list[str], vectors: list[np.ndarray]) -> EmbeddingTable:
@@ -184,53 +213,29 @@ def serving_options(config: Path | None, given: dict[str, Any]) -> EncoderOption
 
 
 def serve(args: argparse.Namespace) -> int:
-    from jina import Flow
-
-    from clip_image_encoder.executor import CLIPImageEncoder
+    from clip_image_encoder.serving import build_flow, serve_until_stopped
 
     config = args.config if args.config is not None or not DEFAULT_CONFIG.is_file() else DEFAULT_CONFIG
     if config is not None and not Path(config).is_file():
         return _fail(f"config file {config} does not exist")
     given = {name: getattr(args, name) for name in OPTIONS if hasattr(args, name)}
     options = serving_options(Path(config) if config else None, given)
-    observability = {"tracing": args.tracing}
-    if args.tracing:
-        observability |= {
-            "traces_exporter_host": args.traces_exporter_host,
-            "traces_exporter_port": args.traces_exporter_port,
-        }
-    flow = Flow(port=args.port, protocol=args.protocol, **observability).add(
-        name="encoder",
-        uses=CLIPImageEncoder,
-        uses_with=options.as_dict(),
+    flow = build_flow(
+        options,
+        port=args.port,
+        protocol=args.protocol,
+        search=args.search,
+        db=args.db,
+        replicas=args.replicas,
+        shards=args.shards,
         monitoring=args.monitoring,
         port_monitoring=args.port_monitoring,
-        **observability,
+        tracing=args.tracing,
+        traces_exporter_host=args.traces_exporter_host,
+        traces_exporter_port=args.traces_exporter_port,
     )
-    if args.search:
-        from clip_image_encoder.indexer import ImageIndexer
-
-        flow = flow.add(
-            name="indexer", uses=ImageIndexer, uses_with={"db": args.db, "stop_timeout_s": options.stop_timeout_s}
-        )
-    stop = _event_set_by_stop_signals()
-    with flow:
-        while not stop.wait(0.5):  # a timeout: the signal may land on another thread; this one runs its handler
-            pass
-        # Leaving `with` closes the gateway first, which cancels the calls in flight: drain the Executors before.
-        stop_executors_in_order(["encoder", "indexer"], options.stop_timeout_s + 5)
+    serve_until_stopped(flow, options.stop_timeout_s)
     return 0
-
-
-def _event_set_by_stop_signals() -> threading.Event:
-    """Ctrl+C, docker stop and Kubernetes (SIGINT, SIGTERM) all stop the same way: in order, answering first.
-
-    Without this, SIGTERM killed this process alone and left the Flow's processes serving.
-    """
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
-    return stop
 
 
 def export(args: argparse.Namespace) -> int:
@@ -253,6 +258,24 @@ def health(args: argparse.Namespace) -> int:
     return 0 if ready else 1
 
 
+def deploy(args: argparse.Namespace) -> int:
+    """Jina's export of the search Flow, completed for a cluster (`clip_image_encoder.deployment`)."""
+    try:
+        written = export_manifests(
+            args.target,
+            Path(args.flow),
+            Path(args.out),
+            replicas=args.replicas,
+            gpu=args.gpu,
+            shards=args.shards,
+            namespace=args.namespace,
+        )
+    except DeploymentError as exc:
+        return _fail(str(exc))
+    print("\n".join(f"wrote {path}" for path in written))
+    return 0
+
+
 def show_options(args: argparse.Namespace) -> int:
     print(config_yaml() if args.format == "yaml" else markdown_table(), end="")
     return 0
@@ -268,12 +291,26 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     embed = commands.add_parser("embed", help="embed every image under a folder into one file")
-    embed.add_argument("data", help="folder of images (searched recursively)")
+    embed.add_argument("data", help="folder of images (searched recursively); with --engine ray also s3:// or gs://")
     embed.add_argument("--out", required=True, help="output file")
     embed.add_argument("--format", choices=FORMATS, default="csv")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing output")
     embed.add_argument("--resume", action="store_true", help="keep an existing output and embed only the missing files")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    embed.add_argument(
+        "--engine",
+        choices=tuple(EMBEDDING_ENGINES),
+        default="local",
+        help="local: this process; ray: Ray Data actors, on the cluster RAY_ADDRESS names or a new local one "
+        "(pip install .[ray])",
+    )
+    embed.add_argument("--ray-actors", type=int, default=1, help="ray engine: encoders at once, each with the model")
+    embed.add_argument(
+        "--ray-cpus-per-actor",
+        type=float,
+        default=1,
+        help="ray engine: CPUs reserved for each actor, also its torch threads unless --num-threads is set",
+    )
     add_arguments(embed, FOLDER_OPTIONS)
     embed.set_defaults(handler=embed_folder)
 
@@ -314,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--protocol", choices=("grpc", "http", "websocket"), default="grpc")
     server.add_argument("--search", action="store_true", help="serve the search Flow: /index and /search")
     server.add_argument("--db", default="index", help="index folder of the search Flow")
+    server.add_argument("--replicas", type=int, default=1, help="encoder processes (they share the cores)")
+    server.add_argument("--shards", type=int, default=1, help="parts of the search Flow's index (db/shard-N)")
     server.add_argument("--monitoring", action="store_true", help="Prometheus metrics of the encoder")
     server.add_argument("--port-monitoring", type=int, default=9090, help="port of the encoder's /metrics")
     server.add_argument("--tracing", action="store_true", help="OpenTelemetry spans (OTLP over gRPC)")
@@ -328,6 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
     checker.add_argument("--protocol", choices=("grpc", "http", "websocket"), default="grpc")
     checker.add_argument("--timeout", type=float, default=5.0, help="seconds")
     checker.set_defaults(handler=health)
+
+    deployer = commands.add_parser("deploy", help="Kubernetes or docker-compose files of the search Flow")
+    deployer.add_argument("target", choices=TARGETS)
+    deployer.add_argument("--out", required=True, help="output folder (new or empty)")
+    deployer.add_argument("--flow", default=str(DEFAULT_FLOW), help="the Flow of images to export")
+    deployer.add_argument("--replicas", type=int, default=None, help="encoder replicas (default: the flow's)")
+    deployer.add_argument(
+        "--shards", type=int, default=None, help="indexer shards, each with its own index claim (default: the flow's)"
+    )
+    deployer.add_argument("--gpu", action="store_true", help="the encoder's GPU image, one nvidia.com/gpu per replica")
+    deployer.add_argument("--namespace", default="default", help="Kubernetes namespace (create it first)")
+    deployer.set_defaults(handler=deploy)
 
     listing = commands.add_parser("options", help="print every option: config.yml's 'with:' or the README's table")
     listing.add_argument("--format", choices=("yaml", "markdown"), default="yaml")

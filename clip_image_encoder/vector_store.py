@@ -56,6 +56,10 @@ class VectorIndex:
     def __len__(self) -> int:
         return 0 if self._vectors is None else self._vectors.ntotal
 
+    def keys(self) -> list[str]:
+        """Every indexed key, in the order they were first indexed."""
+        return [key for (key,) in self._catalog.execute("SELECT key FROM items ORDER BY id")]
+
     def upsert(self, keys: list[str], embeddings: np.ndarray) -> None:
         """Add or replace the embedding of each key; saved to disk before returning."""
         if not keys:
