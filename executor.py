@@ -1,7 +1,15 @@
-"""Entry point that Jina and a hub load (``config.yml`` names it); the code lives in the package."""
+"""Entry point that Jina and a hub load (``config.yml``, ``text_config.yml`` name it); the code is in the package."""
 
-from clip_image_encoder.documents import ImageDocument, ImageMatch
-from clip_image_encoder.executor import CLIPImageEncoder
+from clip_image_encoder.documents import ImageDocument, ImageMatch, TextDocument
+from clip_image_encoder.executor import CLIPImageEncoder, CLIPTextEncoder
 from clip_image_encoder.indexer import ImageIndexer, ShardMerger
 
-__all__ = ["CLIPImageEncoder", "ImageDocument", "ImageIndexer", "ImageMatch", "ShardMerger"]
+__all__ = [
+    "CLIPImageEncoder",
+    "CLIPTextEncoder",
+    "ImageDocument",
+    "ImageIndexer",
+    "ImageMatch",
+    "ShardMerger",
+    "TextDocument",
+]

@@ -37,3 +37,17 @@ class ImageDocument(BaseDoc):
     """Why this Document got no embedding; None when it did."""
     matches: DocList[ImageMatch] | None = None
     """Filled by the search Flow's ``/search``: the nearest indexed images, best first."""
+
+
+class TextDocument(BaseDoc):
+    """A text query in, its embedding in the image embeddings' space (or the reason it has none) out.
+
+    ``text`` is optional so that a Document without one gets its own ``error`` instead of failing
+    the whole request at deserialisation.
+    """
+
+    text: str | None = None
+    embedding: AnyEmbedding | None = None
+    """``(D,)`` float32 written by `CLIPTextEncoder`; D is the checkpoint's projection dimension, as for its images."""
+    error: str | None = None
+    """Why this Document got no embedding; None when it did."""

@@ -2,7 +2,7 @@
 
 Two families matter to a caller:
 
-- `EmbeddingError`: one input got no embedding. The pipeline returns it in that input's place
+- `EmbeddingError`: one input (an image or a text) got no embedding. The pipeline returns it in that input's place
   and carries on with the rest. Its message is written for the client, and its ``reason``
   names the class of failure for counters and logs.
 - Errors of the whole call: a bad option (`OptionError`) or a model that cannot be loaded
@@ -53,6 +53,12 @@ class UriUnreadableError(ImageInputError):
     """The uri is allowed but its bytes could not be read (no such file, network failure)."""
 
     reason = "unreadable_uri"
+
+
+class TextInputError(EmbeddingError, ValueError):
+    """One text query cannot be embedded (none, empty, whitespace only, not a string): the client can fix it."""
+
+    reason = "invalid_text"
 
 
 class ModelError(EmbeddingError, RuntimeError):

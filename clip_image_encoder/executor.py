@@ -1,12 +1,13 @@
-"""The Jina Executor: maps Documents to image sources, runs the pipeline, writes results back.
+"""The Jina Executors: map Documents to image sources (or text queries), run the encoder, write results back.
 
-It orchestrates only: options, decoding, preprocessing and the model live in their own modules.
+They orchestrate only: options, decoding, preprocessing, tokenising and the models live in their own modules.
 """
 
 # No `from __future__ import annotations` here: Jina reads the request schemas from live type hints.
 import asyncio
 import contextlib
 import inspect
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -14,32 +15,35 @@ import torch
 from docarray import DocList
 from jina import Executor, requests
 
-from clip_image_encoder.documents import ImageDocument
-from clip_image_encoder.errors import EmbeddingError
+from clip_image_encoder.documents import ImageDocument, TextDocument
+from clip_image_encoder.errors import EmbeddingError, OptionError
 from clip_image_encoder.metrics import ServiceMetrics
-from clip_image_encoder.options import OPTIONS, EncoderOptions
-from clip_image_encoder.pipeline import ImageEncoder, ImageItem
+from clip_image_encoder.options import OPTIONS, TEXT_ENCODER_OPTIONS, EncoderOptions
+from clip_image_encoder.pipeline import EncodeResult, ImageEncoder, ImageItem
+from clip_image_encoder.postprocessing import OutputOptions
 from clip_image_encoder.shutdown import serve_gracefully
 from clip_image_encoder.sources import ImageSource
+from clip_image_encoder.text_encoding import TextEncoder
 
 
-def _with_option_keywords(init: Any) -> inspect.Signature:
+def _with_option_keywords(init: Any, names: tuple[str, ...] = tuple(OPTIONS)) -> inspect.Signature:
     """The constructor's signature as Jina (which checks ``with:`` against it) and ``help()`` read it:
-    Jina's own arguments, then every option of `EncoderOptions` as a keyword with its default."""
+    Jina's own arguments, then each named option of `EncoderOptions` as a keyword with its default."""
     jina_arguments = [p for p in inspect.signature(init).parameters.values() if p.kind != p.VAR_KEYWORD]
     options = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option.default, annotation=option.type)
-        for name, option in OPTIONS.items()
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=OPTIONS[name].default, annotation=OPTIONS[name].type
+        )
+        for name in names
     ]
     return inspect.Signature([*jina_arguments, *options])
 
 
-class CLIPImageEncoder(Executor):
-    """Embeds the image of each Document with a Hugging Face CLIP vision model (or another registered backbone).
+class _OptionsExecutor(Executor):
+    """What both encoders share: Jina's constructor arguments, then options of `EncoderOptions` (only those in
+    ``option_names``), per-request parameters, a graceful stop, and one result written back per Document."""
 
-    Its keyword arguments are the options of `EncoderOptions` (``clip_image_encoder/options.py``),
-    validated at start; the per-request ones can also be sent as ``parameters``.
-    """
+    option_names: tuple[str, ...] = tuple(OPTIONS)
 
     def __init__(
         self,
@@ -57,7 +61,48 @@ class CLIPImageEncoder(Executor):
             workspace=workspace,
             dynamic_batching=dynamic_batching,
         )
-        self.options = EncoderOptions.from_mapping(options)
+        not_ours = (set(options) & set(OPTIONS)) - set(self.option_names)
+        if not_ours:
+            raise OptionError(
+                f"option(s) {sorted(not_ours)} do not apply to {type(self).__name__}; its options are: "
+                f"{', '.join(self.option_names)}"
+            )
+        self.options = EncoderOptions.from_mapping(options)  # refuses names that are no option at all
+        self._ignored_parameters: set[str] = set()
+        self._in_flight = serve_gracefully(self.options.stop_timeout_s)
+
+    def _request_options(self, parameters: dict) -> EncoderOptions:
+        ours = {name: value for name, value in parameters.items() if name in self.option_names}
+        options, ignored = self.options.for_request(ours)
+        new = ({*ignored, *(set(parameters) - set(ours))} - self._ignored_parameters) - {
+            name for name in parameters if name.startswith("__")
+        }
+        if new:  # other Executors' parameters reach every Executor of a Flow: say so once per name
+            self.logger.warning(f"ignoring parameters that are not options of this encoder: {sorted(new)}")
+            self._ignored_parameters |= new
+        return options
+
+    def _write_results(self, indexed_docs: Iterable[tuple[int, Any]], results: Iterable[EncodeResult]) -> None:
+        """Each Document gets its embedding, or an ``error`` naming it (position and id) and why."""
+        for (index, doc), result in zip(indexed_docs, results, strict=True):
+            if isinstance(result, EmbeddingError):
+                doc.embedding = None
+                doc.error = f"doc {index} (id {doc.id}): {result}"
+                self.logger.warning(doc.error)
+            else:
+                doc.embedding = result
+                doc.error = None
+
+
+class CLIPImageEncoder(_OptionsExecutor):
+    """Embeds the image of each Document with a Hugging Face CLIP vision model (or another registered backbone).
+
+    Its keyword arguments are the options of `EncoderOptions` (``clip_image_encoder/options.py``),
+    validated at start; the per-request ones can also be sent as ``parameters``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.encoder = ImageEncoder.from_options(self.options, replicas=getattr(self.runtime_args, "replicas", 1))
         # Jina's registry exists with --monitoring, its tracer with --tracing; the model is known once loaded.
         self.encoder.metrics = ServiceMetrics(
@@ -66,10 +111,8 @@ class CLIPImageEncoder(Executor):
         # Without overlap (cpu), concurrent requests only contend: take them one at a time, as Jina does
         # for sync endpoints (benchmarks/RESULTS_SMALL.md).
         self._one_request_at_a_time = contextlib.nullcontext() if self.encoder.overlaps else asyncio.Lock()
-        self._ignored_parameters: set[str] = set()
-        self._in_flight = serve_gracefully(self.options.stop_timeout_s)
 
-    __init__.__signature__ = _with_option_keywords(__init__)
+    __init__.__signature__ = _with_option_keywords(_OptionsExecutor.__init__)
 
     @requests
     async def encode(
@@ -88,25 +131,9 @@ class CLIPImageEncoder(Executor):
                 await asyncio.to_thread(self._encode_documents, docs, options)
         return docs
 
-    def _request_options(self, parameters: dict) -> EncoderOptions:
-        options, ignored = self.options.for_request(parameters)
-        new = set(ignored) - self._ignored_parameters
-        if new:  # other Executors' parameters reach every Executor of a Flow: say so once per name
-            self.logger.warning(f"ignoring parameters that are not options of this encoder: {sorted(new)}")
-            self._ignored_parameters |= new
-        return options
-
     def _encode_documents(self, docs: DocList[ImageDocument], options: EncoderOptions) -> None:
         todo = [(index, doc) for index, doc in enumerate(docs) if doc.embedding is None or options.overwrite_embeddings]
-        results = self.encoder.encode((_image_item(doc, options.rotation) for _, doc in todo), options)
-        for (index, doc), result in zip(todo, results, strict=True):
-            if isinstance(result, EmbeddingError):
-                doc.embedding = None
-                doc.error = f"doc {index} (id {doc.id}): {result}"
-                self.logger.warning(doc.error)
-            else:
-                doc.embedding = result
-                doc.error = None
+        self._write_results(todo, self.encoder.encode((_image_item(doc, options.rotation) for _, doc in todo), options))
         if not options.keep_image_data:
             for doc in docs:
                 doc.bytes_ = None
@@ -146,4 +173,45 @@ def _image_source(doc: ImageDocument) -> ImageSource | None:
     return None
 
 
-__all__ = ["CLIPImageEncoder"]
+class CLIPTextEncoder(_OptionsExecutor):
+    """Embeds the ``text`` of each Document with the text tower of a CLIP or SigLIP checkpoint.
+
+    With the checkpoint of the `CLIPImageEncoder` it serves, text and image embeddings share one
+    space (and dimension): a text query can be compared with indexed images. Its keyword arguments
+    are the options named in `TEXT_ENCODER_OPTIONS`, declared and validated as the image encoder's
+    are; the rest of `EncoderOptions` is about images and is refused here.
+    """
+
+    option_names = TEXT_ENCODER_OPTIONS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.encoder = TextEncoder.from_pretrained(self.options.pretrained_model_name_or_path, self.options.device)
+        # One model, called from worker threads: one request at a time keeps them from contending.
+        self._one_request_at_a_time = asyncio.Lock()
+
+    __init__.__signature__ = _with_option_keywords(_OptionsExecutor.__init__, TEXT_ENCODER_OPTIONS)
+
+    @requests
+    async def encode(
+        self, docs: DocList[TextDocument], parameters: dict | None = None, **kwargs: Any
+    ) -> DocList[TextDocument]:
+        """Write ``embedding`` (or ``error``) on every Document, keeping order and ids.
+
+        A Document with no text, an empty one or one of only whitespace gets an ``error`` of its
+        own; the others are embedded. A bad parameter fails this request alone.
+        """
+        options = self._request_options(parameters or {})
+        async with self._in_flight.track(), self._one_request_at_a_time:
+            with self.monitor("encode_seconds", "Time to embed the Documents of one request"):
+                await asyncio.to_thread(self._encode_documents, docs, options)
+        return docs
+
+    def _encode_documents(self, docs: DocList[TextDocument], options: EncoderOptions) -> None:
+        results = self.encoder.encode(
+            [doc.text for doc in docs], options.batch_size, OutputOptions.from_options(options)
+        )
+        self._write_results(enumerate(docs), results)
+
+
+__all__ = ["CLIPImageEncoder", "CLIPTextEncoder"]

@@ -7,7 +7,8 @@ from it:
 - the Executor's keyword arguments (``config.yml``'s ``with:``, ``uses_with``) and their validation;
 - the per-request ``parameters`` and their validation (`EncoderOptions.for_request`);
 - the command line's flags (`add_arguments`);
-- ``config.yml`` and the README's table (`config_yaml`, `markdown_table`; tests check both files).
+- ``config.yml``, ``text_config.yml`` and the README's table (`config_yaml`, `text_config_yaml`,
+  `markdown_table`; tests check the files).
 
 The vocabularies (backends, dtypes, ...) are declared here too, and the modules that implement
 them import them from here, so this module imports nothing heavy: ``--help`` stays fast.
@@ -181,6 +182,15 @@ class EncoderOptions:
 OPTIONS: dict[str, dataclasses.Field] = {option.name: option for option in dataclasses.fields(EncoderOptions)}
 """The declarations, by name, in declaration order."""
 
+TEXT_ENCODER_OPTIONS: tuple[str, ...] = (
+    "pretrained_model_name_or_path",
+    "device",
+    "stop_timeout_s",
+    "batch_size",
+    "normalize",
+)
+"""The options that `CLIPTextEncoder` takes (the others are about images); their declarations are the ones above."""
+
 
 def spec(option: dataclasses.Field) -> OptionSpec:
     return option.metadata["option"]
@@ -252,15 +262,26 @@ def _flag_parser(option: dataclasses.Field):
 
 def config_yaml() -> str:
     """``config.yml`` as this module declares it: every option at its default."""
-    lines = ["jtype: CLIPImageEncoder", "with:"]
-    lines += [f"  {name}: {_yaml_scalar(option.default)}" for name, option in OPTIONS.items()]
-    lines += [
-        "metas:",
-        "  name: CLIPImageEncoder",
-        "  description: CLIP image embeddings with per-Document errors, batched decoding and cpu/cuda auto-selection",
-        "  py_modules:",
-        "    - executor.py",
-    ]
+    return _executor_yaml(
+        "CLIPImageEncoder",
+        tuple(OPTIONS),
+        "CLIP image embeddings with per-Document errors, batched decoding and cpu/cuda auto-selection",
+    )
+
+
+def text_config_yaml() -> str:
+    """``text_config.yml``: the text encoder's options at their defaults."""
+    return _executor_yaml(
+        "CLIPTextEncoder",
+        TEXT_ENCODER_OPTIONS,
+        "CLIP/SigLIP text embeddings of queries, in the image embeddings' space, with per-Document errors",
+    )
+
+
+def _executor_yaml(executor: str, names: tuple[str, ...], description: str) -> str:
+    lines = [f"jtype: {executor}", "with:"]
+    lines += [f"  {name}: {_yaml_scalar(OPTIONS[name].default)}" for name in names]
+    lines += ["metas:", f"  name: {executor}", f"  description: {description}", "  py_modules:", "    - executor.py"]
     return "\n".join(lines) + "\n"
 
 
