@@ -129,12 +129,7 @@ def load_backbone(name_or_path: str, dtype: torch.dtype, hub_kwargs: dict[str, A
     packaged = {backbone.name: backbone for backbone in BACKBONES if not backbone.model_types}
     if name_or_path in packaged:
         return packaged[name_or_path].build(name_or_path, dtype, hub_kwargs)
-    folder = Path(name_or_path).expanduser()
-    if (folder.is_absolute() or name_or_path.startswith(".")) and not folder.is_dir():
-        raise ModelNotFoundError(f"model folder {name_or_path!r} does not exist")
-    source = str(folder) if folder.is_dir() else name_or_path
-    if folder.is_dir():
-        _check_readable(folder)
+    source = model_source(name_or_path)
     try:
         model_type = AutoConfig.from_pretrained(source, trust_remote_code=False, **hub_kwargs).model_type
         return _backbone_for(model_type, name_or_path).build(source, dtype, hub_kwargs)
@@ -151,6 +146,20 @@ def load_backbone(name_or_path: str, dtype: torch.dtype, hub_kwargs: dict[str, A
             "model and point HF_HOME at it (e.g. docker run -v ~/.cache/huggingface:/cache), "
             f"or use a backbone whose weights ship in a package: {', '.join(packaged)}."
         ) from exc
+
+
+def model_source(name_or_path: str) -> str:
+    """What ``from_pretrained`` is given: a readable local folder's path, or the hub name as it is.
+
+    A path-like name that is no folder fails here, not as a confusing hub lookup; so does an unreadable file.
+    """
+    folder = Path(name_or_path).expanduser()
+    if (folder.is_absolute() or name_or_path.startswith(".")) and not folder.is_dir():
+        raise ModelNotFoundError(f"model folder {name_or_path!r} does not exist")
+    if not folder.is_dir():
+        return name_or_path
+    _check_readable(folder)
+    return str(folder)
 
 
 def _check_readable(folder: Path) -> None:

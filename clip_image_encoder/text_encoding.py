@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from transformers import (
     SiglipTextModel,
 )
 
+from clip_image_encoder.backbones import model_source
 from clip_image_encoder.errors import EmbeddingError, ModelError, ModelNotFoundError, TextInputError
 from clip_image_encoder.model_loading import resolve_device
 from clip_image_encoder.options import DEFAULT_MODEL
@@ -86,8 +86,7 @@ class TextEncoder:
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, device: str = "auto", **hub_kwargs: Any) -> TextEncoder:
         """Load the text tower and tokenizer of a hub name or ``save_pretrained`` folder; never remote code."""
-        folder = Path(name_or_path).expanduser()
-        source = str(folder) if folder.is_dir() else name_or_path
+        source = model_source(name_or_path)
         torch_device = resolve_device(device)
         try:
             model_type = AutoConfig.from_pretrained(source, trust_remote_code=False, **hub_kwargs).model_type

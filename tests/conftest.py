@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import encode_image
 from PIL import Image
 from skimage import data as skimage_data
 from sklearn.datasets import load_sample_images
@@ -103,3 +104,20 @@ def local_http_server(tmp_path: Path):
 
     with serving_folder(tmp_path) as base_url:
         yield tmp_path, base_url
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path, photos) -> Path:
+    """Real photos in nested folders (JPEG and PNG), plus a text file, a truncated JPEG and a hidden file."""
+    folder = tmp_path / "photos"
+    (folder / "cats").mkdir(parents=True)
+    for name, photo in photos.items():
+        target = folder / "cats" / f"{name}.png" if name == "chelsea" else folder / f"{name}.jpg"
+        target.write_bytes(
+            encode_image(Image.fromarray(photo), target.suffix.lstrip(".").upper().replace("JPG", "JPEG"))
+        )
+    (folder / "notes.txt").write_text("not an image")
+    truncated = encode_image(Image.fromarray(photos["coffee"]), "JPEG")
+    (folder / "broken.jpg").write_bytes(truncated[: len(truncated) // 2])
+    (folder / ".hidden.jpg").write_bytes(b"ignored")
+    return folder

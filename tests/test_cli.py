@@ -17,24 +17,6 @@ from PIL import Image
 from clip_image_encoder.cli import main
 from clip_image_encoder.similarity import cosine_similarity
 
-
-@pytest.fixture
-def photo_folder(tmp_path: Path, photos) -> Path:
-    """Real photos in nested folders (JPEG and PNG), plus a text file and a truncated JPEG."""
-    folder = tmp_path / "photos"
-    (folder / "cats").mkdir(parents=True)
-    for name, photo in photos.items():
-        target = folder / "cats" / f"{name}.png" if name == "chelsea" else folder / f"{name}.jpg"
-        target.write_bytes(
-            encode_image(Image.fromarray(photo), target.suffix.lstrip(".").upper().replace("JPG", "JPEG"))
-        )
-    (folder / "notes.txt").write_text("not an image")
-    truncated = encode_image(Image.fromarray(photos["coffee"]), "JPEG")
-    (folder / "broken.jpg").write_bytes(truncated[: len(truncated) // 2])
-    (folder / ".hidden.jpg").write_bytes(b"ignored")
-    return folder
-
-
 GOOD = sorted(["astronaut.jpg", "cats/chelsea.png", "coffee.jpg", "rocket.jpg", "china.jpg", "flower.jpg"])
 
 
