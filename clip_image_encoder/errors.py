@@ -5,8 +5,8 @@ Two families matter to a caller:
 - `EmbeddingError`: one input (an image or a text) got no embedding. The pipeline returns it in that input's place
   and carries on with the rest. Its message is written for the client, and its ``reason``
   names the class of failure for counters and logs.
-- Errors of the whole call: a bad option (`OptionError`) or a model that cannot be loaded
-  (`ModelNotFoundError`). These are raised.
+- Errors of the whole call: a bad option (`OptionError`), a model that cannot be loaded
+  (`ModelNotFoundError`), or embeddings that do not belong in an index (`IndexMismatchError`). These are raised.
 """
 
 from __future__ import annotations
@@ -73,3 +73,7 @@ class OptionError(ValueError):
 
 class ModelNotFoundError(RuntimeError):
     """The model could not be loaded from the hub, the cache or a local folder."""
+
+
+class IndexMismatchError(ValueError):
+    """Embeddings to add or to search with come from another model, or have another size, than the index holds."""

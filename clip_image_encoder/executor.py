@@ -15,6 +15,7 @@ import torch
 from docarray import DocList
 from jina import Executor, requests
 
+from clip_image_encoder.backbones import model_identity
 from clip_image_encoder.documents import ImageDocument, TextDocument
 from clip_image_encoder.errors import EmbeddingError, OptionError
 from clip_image_encoder.metrics import ServiceMetrics
@@ -68,6 +69,7 @@ class _OptionsExecutor(Executor):
                 f"{', '.join(self.option_names)}"
             )
         self.options = EncoderOptions.from_mapping(options)  # refuses names that are no option at all
+        self.model_identity = model_identity(self.options.pretrained_model_name_or_path)
         self._ignored_parameters: set[str] = set()
         self._in_flight = serve_gracefully(self.options.stop_timeout_s)
 
@@ -83,14 +85,15 @@ class _OptionsExecutor(Executor):
         return options
 
     def _write_results(self, indexed_docs: Iterable[tuple[int, Any]], results: Iterable[EncodeResult]) -> None:
-        """Each Document gets its embedding, or an ``error`` naming it (position and id) and why."""
+        """Each Document gets its embedding and the model that made it, or an ``error`` naming it (position and
+        id) and why."""
         for (index, doc), result in zip(indexed_docs, results, strict=True):
             if isinstance(result, EmbeddingError):
-                doc.embedding = None
+                doc.embedding, doc.model = None, None
                 doc.error = f"doc {index} (id {doc.id}): {result}"
                 self.logger.warning(doc.error)
             else:
-                doc.embedding = result
+                doc.embedding, doc.model = result, self.model_identity
                 doc.error = None
 
 
@@ -132,7 +135,11 @@ class CLIPImageEncoder(_OptionsExecutor):
         return docs
 
     def _encode_documents(self, docs: DocList[ImageDocument], options: EncoderOptions) -> None:
-        todo = [(index, doc) for index, doc in enumerate(docs) if doc.embedding is None or options.overwrite_embeddings]
+        todo = [
+            (index, doc)
+            for index, doc in enumerate(docs)
+            if (doc.embedding is None or options.overwrite_embeddings) and not _is_text_query(doc)
+        ]
         self._write_results(todo, self.encoder.encode((_image_item(doc, options.rotation) for _, doc in todo), options))
         if not options.keep_image_data:
             for doc in docs:
@@ -153,6 +160,11 @@ def _model_info(options: EncoderOptions, encoder: ImageEncoder) -> dict[str, str
         "dtype": "int8" if options.dtype == "int8" else str(model.dtype).removeprefix("torch."),
         "embedding_dim": str(model.embedding_dim),
     }
+
+
+def _is_text_query(doc: ImageDocument) -> bool:
+    """A text and no image: the search Flow's text encoder embeds it, so it is no missing image here."""
+    return doc.text is not None and _image_source(doc) is None
 
 
 def _image_item(doc: ImageDocument, default_rotation: int) -> ImageItem:
@@ -204,14 +216,42 @@ class CLIPTextEncoder(_OptionsExecutor):
         options = self._request_options(parameters or {})
         async with self._in_flight.track(), self._one_request_at_a_time:
             with self.monitor("encode_seconds", "Time to embed the Documents of one request"):
-                await asyncio.to_thread(self._encode_documents, docs, options)
+                await asyncio.to_thread(self._encode_documents, list(enumerate(docs)), options)
         return docs
 
-    def _encode_documents(self, docs: DocList[TextDocument], options: EncoderOptions) -> None:
+    async def encode_text_queries(
+        self, docs: DocList[ImageDocument], parameters: dict | None = None, **kwargs: Any
+    ) -> DocList[ImageDocument]:
+        """In the search Flow (after the image encoder, see `SEARCH_FLOW_REQUESTS`): embed the Documents that are
+        a text query; leave the others as they are."""
+        options = self._request_options(parameters or {})
+        queries = [(index, doc) for index, doc in enumerate(docs) if _is_pending_text_query(doc)]
+        if queries:
+            async with self._in_flight.track(), self._one_request_at_a_time:
+                await asyncio.to_thread(self._encode_documents, queries, options)
+        return docs
+
+    async def pass_images_on(self, docs: DocList[ImageDocument], **kwargs: Any) -> DocList[ImageDocument]:
+        """In the search Flow, ``/index`` carries images for the indexer: nothing for a text tower to do."""
+        return docs
+
+    def _encode_documents(self, indexed_docs: list[tuple[int, Any]], options: EncoderOptions) -> None:
         results = self.encoder.encode(
-            [doc.text for doc in docs], options.batch_size, OutputOptions.from_options(options)
+            [doc.text for _, doc in indexed_docs], options.batch_size, OutputOptions.from_options(options)
         )
-        self._write_results(enumerate(docs), results)
+        self._write_results(indexed_docs, results)
+
+
+SEARCH_FLOW_REQUESTS = {"/default": "encode_text_queries", "/index": "pass_images_on"}
+"""`CLIPTextEncoder`'s endpoints in the search Flow (``uses_requests``): there every Executor takes the image
+encoder's schema, `ImageDocument` (Jina checks that each Executor's output schema is the next one's input), and
+only the indexer may name ``/search``: Jina 3.34's gateway fails when two Executors in a row bind one endpoint
+explicitly. So the text queries are embedded on the default endpoint, and ``/index`` passes through."""
+
+
+def _is_pending_text_query(doc: ImageDocument) -> bool:
+    """A text query the image encoder left alone: it carries text, and neither an embedding nor an error."""
+    return doc.text is not None and doc.embedding is None and doc.error is None
 
 
 __all__ = ["CLIPImageEncoder", "CLIPTextEncoder"]

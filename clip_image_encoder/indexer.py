@@ -21,6 +21,7 @@ from docarray import DocList
 from jina import Executor, requests
 
 from clip_image_encoder.documents import ImageDocument, ImageMatch
+from clip_image_encoder.errors import IndexMismatchError
 from clip_image_encoder.shutdown import serve_gracefully
 from clip_image_encoder.vector_store import VectorIndex
 
@@ -60,30 +61,60 @@ class ImageIndexer(Executor):
 
     @requests(on="/index")
     async def add(self, docs: DocList[ImageDocument], **kwargs: Any) -> DocList[ImageDocument]:
-        """Index every Document that has an embedding (and, sharded, belongs here), keyed by ``url`` or id."""
+        """Index every Document that has an embedding (and, sharded, belongs here), keyed by ``url`` or id.
+
+        A Document embedded by another model than the index's gets an ``error`` and is not indexed.
+        """
         ready = [
             doc
             for doc in docs
             if doc.embedding is not None and shard_of(doc.url or doc.id, self.shards) == self.shard_id
         ]
         if ready:
-            keys, vectors = [doc.url or doc.id for doc in ready], np.stack([np.asarray(d.embedding) for d in ready])
             async with self._in_flight.track(), self._one_at_a_time:
-                await asyncio.to_thread(self.index.upsert, keys, vectors)
+                await asyncio.to_thread(self._add, ready)
         return docs
+
+    def _add(self, docs: list[ImageDocument]) -> None:
+        accepted = []
+        for doc in docs:
+            try:
+                self.index.claim(doc.model)
+                accepted.append(doc)
+            except IndexMismatchError as exc:
+                doc.error = f"not indexed: {exc}"
+        if accepted:
+            keys = [doc.url or doc.id for doc in accepted]
+            self.index.upsert(keys, np.stack([np.asarray(doc.embedding) for doc in accepted]))
 
     @requests(on="/search")
     async def search(
         self, docs: DocList[ImageDocument], parameters: dict | None = None, **kwargs: Any
     ) -> DocList[ImageDocument]:
-        """Fill ``matches`` with the ``parameters['k']`` (default 10) nearest indexed images."""
+        """Fill ``matches`` with the ``parameters['k']`` (default 10) nearest indexed images.
+
+        A query (image or text) embedded by another model than the index's gets an ``error`` instead.
+        """
         k = int((parameters or {}).get("k", DEFAULT_K))
         async with self._in_flight.track(), self._one_at_a_time:
             for doc in docs:
                 if doc.embedding is not None:
-                    found = await asyncio.to_thread(self.index.search, np.asarray(doc.embedding), k)
-                    doc.matches = DocList[ImageMatch]([ImageMatch(key=key, score=score) for key, score in found])
+                    await asyncio.to_thread(self._search, doc, k)
+                elif doc.error is None:
+                    doc.error = (
+                        "nothing to search with: send an image, or a text to a search Flow whose model has a "
+                        "text tower (CLIP, SigLIP)"
+                    )
         return docs
+
+    def _search(self, query: ImageDocument, k: int) -> None:
+        try:
+            self.index.check_model(query.model)
+            found = self.index.search(np.asarray(query.embedding), k)
+        except IndexMismatchError as exc:
+            query.error = f"cannot search this index: {exc}"
+            return
+        query.matches = DocList[ImageMatch]([ImageMatch(key=key, score=score) for key, score in found])
 
     def close(self) -> None:
         self.index.close()

@@ -12,13 +12,13 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
-from clip_image_encoder.options import EncoderOptions
+from clip_image_encoder.options import TEXT_ENCODER_OPTIONS, EncoderOptions
 from clip_image_encoder.shutdown import stop_executors_in_order
 
 if TYPE_CHECKING:
     from jina import Flow
 
-STOP_ORDER = ("encoder", "indexer")
+STOP_ORDER = ("encoder", "text_encoder", "indexer")
 """Deployments in Flow order: each drains before the next stops, so answers still pass through."""
 
 
@@ -37,7 +37,11 @@ def build_flow(
     traces_exporter_host: str = "127.0.0.1",
     traces_exporter_port: int = 4317,
 ) -> Flow:
-    """The encoder (``replicas`` processes); with ``search``, the indexer in ``shards`` parts behind it."""
+    """The encoder (``replicas`` processes); with ``search``, the indexer in ``shards`` parts behind it.
+
+    When the checkpoint has a text tower, the search Flow also answers text queries: the text encoder sits
+    between the two, embeds ``/search`` Documents that carry a text and no image, and passes the rest on.
+    """
     from jina import Flow
 
     from clip_image_encoder.executor import CLIPImageEncoder
@@ -55,7 +59,19 @@ def build_flow(
         **observability,
     )
     if search:
+        from clip_image_encoder.executor import SEARCH_FLOW_REQUESTS, CLIPTextEncoder
         from clip_image_encoder.indexer import SHARDED_POLLING, ImageIndexer, ShardMerger
+        from clip_image_encoder.text_encoding import has_text_tower
+
+        if has_text_tower(options.pretrained_model_name_or_path):
+            text_options = {name: value for name, value in options.as_dict().items() if name in TEXT_ENCODER_OPTIONS}
+            flow = flow.add(
+                name="text_encoder",
+                uses=CLIPTextEncoder,
+                uses_with=text_options,
+                uses_requests=SEARCH_FLOW_REQUESTS,
+                **observability,
+            )
 
         sharding: dict[str, Any] = {}
         if shards > 1:

@@ -26,7 +26,7 @@ from transformers import (
     SiglipTextModel,
 )
 
-from clip_image_encoder.backbones import model_source
+from clip_image_encoder.backbones import model_source, packaged_backbones
 from clip_image_encoder.errors import EmbeddingError, ModelError, ModelNotFoundError, TextInputError
 from clip_image_encoder.model_loading import resolve_device
 from clip_image_encoder.options import DEFAULT_MODEL
@@ -70,6 +70,22 @@ def text_tower_for(model_type: str, name_or_path: str) -> TextTower:
     )
 
 
+def has_text_tower(name_or_path: str, **hub_kwargs: Any) -> bool:
+    """Whether the checkpoint holds a text tower this encoder loads (only its config is read).
+
+    A vision-only checkpoint (``clip_vision_model``) or a packaged image backbone has none; nor has a
+    checkpoint whose config cannot be read, which the image encoder will then report.
+    """
+    if name_or_path in packaged_backbones():
+        return False
+    try:
+        source = model_source(name_or_path)
+        model_type = AutoConfig.from_pretrained(source, trust_remote_code=False, **hub_kwargs).model_type
+    except (OSError, ValueError, ModelNotFoundError):
+        return False
+    return any(model_type in tower.model_types for tower in TEXT_TOWERS)
+
+
 class TextEncoder:
     """A text tower and its tokenizer, on one device, in float32, in inference mode."""
 
@@ -86,6 +102,11 @@ class TextEncoder:
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, device: str = "auto", **hub_kwargs: Any) -> TextEncoder:
         """Load the text tower and tokenizer of a hub name or ``save_pretrained`` folder; never remote code."""
+        if name_or_path in packaged_backbones():
+            raise ModelNotFoundError(
+                f"{name_or_path!r} is an image backbone with no text tower: text queries need a CLIP or SigLIP "
+                "checkpoint, whose two towers share one space"
+            )
         source = model_source(name_or_path)
         torch_device = resolve_device(device)
         try:

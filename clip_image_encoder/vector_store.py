@@ -14,7 +14,9 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from tqdm import tqdm
 
+from clip_image_encoder.errors import IndexMismatchError
 from clip_image_encoder.similarity import l2_normalize
 
 VECTORS_FILE = "vectors.faiss"
@@ -32,20 +34,34 @@ class VectorIndex:
             "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, key TEXT UNIQUE NOT NULL);"
             "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
         )
-        self.model_name = self._meta("model", model_name)
+        recorded = self._catalog.execute("SELECT value FROM meta WHERE name = 'model'").fetchone()
+        self.model_name: str | None = recorded[0] if recorded else None
+        """The checkpoint whose embeddings the index holds (`backbones.model_identity`); set by the first claim."""
+        self.claim(model_name)
         vectors_path = self.folder / VECTORS_FILE
         self._vectors = faiss.read_index(str(vectors_path)) if vectors_path.exists() else None
 
-    def _meta(self, name: str, value: str | None) -> str | None:
-        row = self._catalog.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            if value is not None:
-                self._catalog.execute("INSERT INTO meta VALUES (?, ?)", (name, value))
-                self._catalog.commit()
-            return value
-        if value is not None and row[0] != value:
-            raise ValueError(f"index in {self.folder} holds embeddings of {name} {row[0]!r}, not {value!r}")
-        return row[0]
+    def claim(self, model_name: str | None) -> None:
+        """Record ``model_name`` as the index's model, or refuse it when the index holds another model's embeddings.
+
+        Embeddings of two checkpoints (or an image tower and another checkpoint's text tower) live in
+        different spaces: mixing them gives meaningless scores, silently. None claims nothing.
+        """
+        self.check_model(model_name)
+        if model_name is None or self.model_name is not None:
+            return
+        self._catalog.execute("INSERT INTO meta VALUES ('model', ?)", (model_name,))
+        self._catalog.commit()
+        self.model_name = model_name
+
+    def check_model(self, model_name: str | None) -> None:
+        """Refuse embeddings of ``model_name`` when the index holds another model's (a search must not claim)."""
+        if model_name is not None and self.model_name is not None and model_name != self.model_name:
+            raise IndexMismatchError(
+                f"the index in {self.folder} holds embeddings of model {self.model_name!r}, and these come from "
+                f"{model_name!r}: they cannot be compared. Use the model the index was built with "
+                f"(--model {self.model_name}), or build another index for this model."
+            )
 
     def __enter__(self) -> VectorIndex:
         return self
@@ -68,7 +84,7 @@ class VectorIndex:
         if self._vectors is None:
             self._vectors = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
         elif vectors.shape[1] != self._vectors.d:
-            raise ValueError(f"index holds {self._vectors.d}-d embeddings, got {vectors.shape[1]}-d")
+            raise IndexMismatchError(f"the index holds {self._vectors.d}-d embeddings, these are {vectors.shape[1]}-d")
         self._catalog.executemany("INSERT OR IGNORE INTO items (key) VALUES (?)", [(key,) for key in keys])
         ids = np.array([self._id_of(key) for key in keys], dtype=np.int64)
         self._vectors.remove_ids(ids)
@@ -79,13 +95,22 @@ class VectorIndex:
     def _id_of(self, key: str) -> int:
         return self._catalog.execute("SELECT id FROM items WHERE key = ?", (key,)).fetchone()[0]
 
+    def items(self) -> tuple[list[str], np.ndarray]:
+        """Every key with its l2-normalised embedding, ``(N, D)`` row for row, in the index's own order."""
+        if self._vectors is None or len(self) == 0:
+            return [], np.zeros((0, 0), np.float32)
+        flat = faiss.downcast_index(self._vectors.index)
+        ids = faiss.vector_to_array(self._vectors.id_map)
+        keys_by_id = dict(self._catalog.execute("SELECT id, key FROM items"))
+        return [keys_by_id[int(i)] for i in ids], flat.reconstruct_n(0, flat.ntotal)
+
     def search(self, query: np.ndarray, k: int = 10) -> list[tuple[str, float]]:
         """The k nearest keys to one embedding, best first, with their cosine similarity."""
         if self._vectors is None or len(self) == 0:
             return []
         query = np.ascontiguousarray(l2_normalize(np.asarray(query, dtype=np.float32).reshape(1, -1)))
         if query.shape[1] != self._vectors.d:
-            raise ValueError(f"index holds {self._vectors.d}-d embeddings, the query is {query.shape[1]}-d")
+            raise IndexMismatchError(f"the index holds {self._vectors.d}-d embeddings, the query is {query.shape[1]}-d")
         scores, ids = self._vectors.search(query, min(k, len(self)))
         keys = dict(
             self._catalog.execute(
@@ -96,3 +121,23 @@ class VectorIndex:
 
     def close(self) -> None:
         self._catalog.close()
+
+
+def similar_pairs(vectors: np.ndarray, threshold: float, batch_size: int = 1024, progress: bool = False) -> np.ndarray:
+    """Every pair of rows of l2-normalised ``vectors`` at cosine >= ``threshold``: ``(M, 2)`` positions, i < j.
+
+    An exact range search (FAISS, inner product), ``batch_size`` rows at a time, so memory grows with
+    the pairs found, not with N x N.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    flat = faiss.IndexFlatIP(vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1)
+    flat.add(vectors.reshape(len(vectors), flat.d))
+    found = [np.zeros((0, 2), np.int64)]
+    starts = range(0, len(vectors), batch_size)
+    for start in tqdm(starts, desc="comparing", unit="batch", disable=not progress):
+        rows = vectors[start : start + batch_size]
+        limits, _, positions = flat.range_search(rows, float(threshold))
+        queries = np.repeat(np.arange(start, start + len(rows)), np.diff(limits).astype(np.int64))
+        keep = queries < positions  # each pair once, never an image with itself
+        found.append(np.stack([queries[keep], positions[keep]], axis=1))
+    return np.concatenate(found)

@@ -45,6 +45,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random whole CLIP checkpoint (image and text towers, 16-d) with its tokenizer, as users' folders are."""
+    from tiny_clip import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip-full"))
+
+
+@pytest.fixture(scope="session")
 def reference(tiny_model_dir: Path):
     """The Hugging Face reference: CLIPImageProcessor (PIL) + CLIPVisionModelWithProjection."""
     processor = CLIPImageProcessorPil.from_pretrained(tiny_model_dir)

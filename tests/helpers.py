@@ -35,6 +35,13 @@ def embed(executor: CLIPImageEncoder, docs: list[ImageDocument], **parameters) -
     return asyncio.run(executor.encode(docs=DocList[ImageDocument](docs), parameters=parameters))
 
 
+def run_cli(*args: object) -> int:
+    """The command line, in this process: its exit status (output goes to capsys)."""
+    from clip_image_encoder.cli import main
+
+    return main([str(arg) for arg in args])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

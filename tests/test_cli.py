@@ -12,16 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from helpers import encode_image
+from helpers import run_cli as run
 from PIL import Image
 
-from clip_image_encoder.cli import main
 from clip_image_encoder.similarity import cosine_similarity
 
 GOOD = sorted(["astronaut.jpg", "cats/chelsea.png", "coffee.jpg", "rocket.jpg", "china.jpg", "flower.jpg"])
-
-
-def run(*args: str) -> int:
-    return main([str(arg) for arg in args])
 
 
 def embed(folder: Path, out: Path, fmt: str, model: Path, *extra: str) -> int:
@@ -168,10 +164,14 @@ def test_reindexing_a_folder_does_not_duplicate_entries(tiny_model_dir, photo_fo
     assert len(ranked) == 6 and len({line.split()[-1] for line in ranked}) == 6
 
 
-def test_search_with_another_model_is_refused(tiny_model_dir, photo_folder, tmp_path):
+def test_search_with_another_model_is_refused(tiny_model_dir, photo_folder, tmp_path, capsys):
     db = tmp_path / "db"
     run("index", photo_folder, "--db", db, "--model", tiny_model_dir)
     other_model = tmp_path / "other-model"
     shutil.copytree(tiny_model_dir, other_model)
-    with pytest.raises(ValueError, match="holds embeddings of model"):
-        run("search", photo_folder / "coffee.jpg", "--db", db, "--model", other_model)
+    capsys.readouterr()
+    assert run("search", photo_folder / "coffee.jpg", "--db", db, "--model", other_model) == 2
+    error = capsys.readouterr().err
+    assert f"holds embeddings of model {str(tiny_model_dir)!r}" in error
+    assert f"come from {str(other_model)!r}" in error
+    assert run("index", photo_folder, "--db", db, "--model", other_model) == 2  # nor adds to it

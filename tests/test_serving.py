@@ -138,9 +138,12 @@ def test_search_flow_indexes_then_finds_the_original_of_an_edited_photo(tiny_mod
     assert answer.matches[0].score > answer.matches[1].score
 
 
-def test_flow_yml_describes_the_encoder_and_the_indexer():
+def test_flow_yml_describes_the_encoders_and_the_indexer():
+    from clip_image_encoder.executor import SEARCH_FLOW_REQUESTS
+
     flow = Flow.load_config(str(REPO / "flow.yml"))
-    assert [name for name in flow._deployment_nodes if name != "gateway"] == ["encoder", "indexer"]
+    assert [name for name in flow._deployment_nodes if name != "gateway"] == ["encoder", "text_encoder", "indexer"]
+    assert flow._deployment_nodes["text_encoder"].args.uses_requests == SEARCH_FLOW_REQUESTS
 
 
 def test_serve_command_serves_the_options_of_its_config_and_flags(tiny_model_dir, photos, tmp_path):

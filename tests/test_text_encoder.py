@@ -18,9 +18,9 @@ import torch
 from docarray import DocList
 from helpers import cosine, embed, free_port
 from jina import Flow
+from tiny_clip import CONTEXT_LENGTH, PROJECTION_DIM, VISION, byte_level_tokenizer, text_config
 from transformers import (
     AutoTokenizer,
-    CLIPConfig,
     CLIPImageProcessorPil,
     CLIPModel,
     CLIPTextModelWithProjection,
@@ -37,60 +37,17 @@ from clip_image_encoder.options import TEXT_ENCODER_OPTIONS, text_config_yaml
 from clip_image_encoder.text_encoding import TextEncoder
 
 REPO = Path(__file__).resolve().parent.parent
-CONTEXT_LENGTH = 16
-PROJECTION_DIM = 16
 TEXTS = [
     "a photo of a cat",
     "two dogs playing in the snow",
     "A RED CAR!",
     "the quick brown fox jumps over the lazy dog " * 6,  # far longer than the context: truncated
 ]
-TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
-VISION = {**TOWER, "image_size": 224, "patch_size": 32}
-
-
-def byte_level_tokenizer() -> CLIPTokenizer:
-    """CLIP's tokenizer with a vocabulary of single bytes (and a few merges): every text encodes, offline."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    characters = [chr(code) for code in printable]
-    characters += [chr(256 + n) for n in range(256 - len(printable))]  # GPT-2's stand-ins for the other bytes
-    merges = [("t", "h"), ("th", "e</w>"), ("o", "f</w>"), ("c", "a"), ("ca", "t</w>")]
-    vocab = [*characters, *(c + "</w>" for c in characters), *(left + right for left, right in merges)]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=merges)
-
-
-def text_config(tokenizer: CLIPTokenizer) -> dict:
-    """A tiny text tower for this tokenizer: its vocabulary, its special tokens, a 16-token context."""
-    return {
-        **TOWER,
-        "vocab_size": len(tokenizer),
-        "max_position_embeddings": CONTEXT_LENGTH,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> CLIPTokenizer:
     return byte_level_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: CLIPTokenizer) -> Path:
-    """A random whole CLIP (both towers, projections to 16-d) with its tokenizer and image processor."""
-    folder = tmp_path_factory.mktemp("tiny-clip-full")
-    config = CLIPConfig(
-        text_config={**text_config(tokenizer), "projection_dim": PROJECTION_DIM},
-        vision_config={**VISION, "projection_dim": PROJECTION_DIM},
-        projection_dim=PROJECTION_DIM,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessorPil().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
