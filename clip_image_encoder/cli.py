@@ -164,8 +164,8 @@ def _open_index(db: str | Path, model_name: str | None = None) -> VectorIndex:
     return VectorIndex(Path(db), model_name=model_name)
 
 
-def _index_images(data: Path, index: VectorIndex, options: EncoderOptions, quiet: bool = False) -> int:
-    """Embed every image under ``data`` into ``index`` (keys: absolute paths), in chunks; returns how many failed."""
+def _index_images(data: Path, index: VectorIndex, options: EncoderOptions, quiet: bool = False) -> tuple[int, int]:
+    """Embed every image under ``data`` into ``index`` (keys: absolute paths), in chunks: (indexed, failed)."""
     paths = list_images(data)
     keys, vectors, failures = [], [], 0
     with ImageEncoder.from_options(options, any_local_file=True) as encoder:
@@ -182,7 +182,7 @@ def _index_images(data: Path, index: VectorIndex, options: EncoderOptions, quiet
                 index.upsert(keys, np.stack(vectors))
                 keys, vectors = [], []
         index.upsert(keys, np.stack(vectors) if vectors else np.zeros((0, 0), np.float32))
-    return failures
+    return len(paths) - failures, failures
 
 
 def index_folder(args: argparse.Namespace) -> int:
@@ -191,11 +191,8 @@ def index_folder(args: argparse.Namespace) -> int:
         return _fail(f"{data} is not a folder")
     options = _options_from(args)
     with _open_index(args.db, model_identity(options.pretrained_model_name_or_path)) as index:
-        failures = _index_images(data, index, options, args.quiet)
-        print(
-            f"indexed {len(list_images(data)) - failures} images from {data}; {len(index)} in {args.db}; "
-            f"{failures} skipped"
-        )
+        indexed, failures = _index_images(data, index, options, args.quiet)
+        print(f"indexed {indexed} images from {data}; {len(index)} in {args.db}; {failures} skipped")
     return 0
 
 

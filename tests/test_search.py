@@ -162,3 +162,15 @@ def test_a_flow_refuses_text_queries_of_another_checkpoint_and_keeps_answering_i
     assert by_text.error.startswith("cannot search this index: ")
     assert f"holds embeddings of model {str(clip_dir)!r}" in by_text.error
     assert by_image.error is None and by_image.matches[0].key == str(photo_files / "rocket.png")
+
+
+def test_search_writes_its_results_as_a_page(clip_dir, photo_files, indexed, tmp_path, capsys):
+    page = tmp_path / "results.html"
+    assert (
+        run_cli("search", "--text", "a <red> cup", "--db", indexed, "--model", clip_dir, "-k", 3, "--html", page) == 0
+    )
+    keys = [key for key, _ in printed_ranking(capsys.readouterr().out)]
+    html = page.read_text()
+    assert "a &lt;red&gt; cup" in html
+    assert [html.index(key) for key in keys] == sorted(html.index(key) for key in keys)  # in rank order
+    assert html.count("data:image/jpeg;base64,") == 3

@@ -1,0 +1,156 @@
+"""Near-duplicate groups: exact pairs above a threshold, joined into groups, the most original member first;
+the command line on edited copies of real photos with the real-weights backbone and its calibrated threshold."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import run_cli
+from PIL import Image, ImageEnhance, ImageOps
+
+from clip_image_encoder.backbones import backbone_of
+from clip_image_encoder.duplicates import ImageFacts, group_duplicates, image_facts
+from clip_image_encoder.vector_store import similar_pairs
+
+REAL_WEIGHTS = "efficientnet-lite0"
+
+
+def edited_copies(original: Image.Image) -> dict[str, Image.Image]:
+    """Copies a collection gathers: smaller, cropped, recompressed, mirrored, colour-shifted."""
+    width, height = original.size
+    return {
+        "small": original.resize((width // 2, height // 2)),
+        "crop": original.crop((width // 10, height // 10, width - width // 10, height - height // 10)),
+        "mirror": ImageOps.mirror(original),
+        "warmer": ImageEnhance.Color(original).enhance(1.4),
+    }
+
+
+@pytest.fixture(scope="module")
+def collection(photos, tmp_path_factory) -> tuple[Path, dict[str, set[str]]]:
+    """Six real photos as JPEGs; two of them with edited copies in a subfolder. Returns the folder and each
+    family's files (original first)."""
+    folder = tmp_path_factory.mktemp("collection")
+    (folder / "copies").mkdir()
+    families = {}
+    for name, photo in photos.items():
+        original = folder / f"{name}.jpg"
+        Image.fromarray(photo).save(original, quality=95)
+        families[name] = [original]
+    for name in ("coffee", "china"):
+        for edit, image in edited_copies(Image.fromarray(photos[name])).items():
+            copy = folder / "copies" / f"{name}-{edit}.jpg"
+            image.save(copy, quality=40)
+            families[name].append(copy)
+    return folder, families
+
+
+def test_similar_pairs_are_exactly_the_pairs_at_or_above_the_threshold():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(300, 32)).astype(np.float32)
+    vectors[150:] = vectors[:150] + rng.normal(scale=0.5, size=(150, 32))  # near copies, at varied distances
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    similarity = vectors @ vectors.T
+    threshold = float(np.quantile(similarity[np.triu_indices(300, 1)], 0.99))
+
+    found = similar_pairs(vectors, threshold, batch_size=64)
+
+    expected = {(i, j) for i, j in zip(*np.nonzero(np.triu(similarity >= threshold, 1)), strict=True)}
+    near_threshold = {(i, j) for i, j in zip(*np.nonzero(np.abs(similarity - threshold) < 1e-5), strict=True)}
+    assert len(expected) > 100
+    assert {tuple(pair) for pair in found.tolist()} ^ expected <= near_threshold  # float rounding at the edge only
+
+
+def test_a_chain_of_copies_is_one_group_with_the_largest_least_compressed_first(photos, tmp_path):
+    original = Image.fromarray(photos["astronaut"])
+    files = {
+        "low-quality.jpg": (original, 20),
+        "original.jpg": (original, 95),
+        "half.jpg": (original.resize((256, 256)), 95),
+    }
+    for name, (image, quality) in files.items():
+        image.save(tmp_path / name, quality=quality)
+    keys = [str(tmp_path / name) for name in files] + ["unrelated"]
+    vectors = np.array([[1, 0.1, 0], [1, 0, 0], [1, -0.1, 0.05], [0, 0, 1]], dtype=np.float32)
+    pairs = np.array([[0, 1], [1, 2]])  # the low-quality copy is paired with the original only
+
+    (group,) = group_duplicates(keys, vectors, pairs)
+
+    assert [Path(member.key).name for member in group.members] == ["original.jpg", "low-quality.jpg", "half.jpg"]
+    assert group.members[0].similarity == pytest.approx(1)
+    assert group.members[0].facts == ImageFacts(512, 512, (tmp_path / "original.jpg").stat().st_size)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert group.members[2].similarity == pytest.approx(float(unit[2] @ unit[1]), abs=1e-6)
+
+
+def test_a_key_that_is_no_image_file_has_no_facts(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert image_facts(str(tmp_path / "notes.txt")) == ImageFacts()
+    assert image_facts("an-id-from-a-flow") == ImageFacts()
+
+
+def test_the_real_weights_backbone_has_a_calibrated_threshold():
+    threshold = backbone_of(REAL_WEIGHTS).duplicate_threshold
+    assert threshold is not None and 0 < threshold < 1
+
+
+def test_duplicates_finds_each_family_of_edited_copies_at_the_default_threshold(collection, tmp_path, capsys):
+    folder, families = collection
+    out_csv, out_json, page = tmp_path / "groups.csv", tmp_path / "groups.json", tmp_path / "groups.html"
+    db = tmp_path / "db"
+    args = ("--model", REAL_WEIGHTS, "--quiet", "--db", db)
+    assert run_cli("duplicates", folder, *args, "--out", out_csv, "--html", page) == 0
+    printed = capsys.readouterr().out
+
+    with out_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row["key"])
+    expected = [[str(path) for path in families[name]] for name in ("coffee", "china")]
+    found = sorted(groups.values(), key=lambda keys: keys[0])
+    assert [(keys[0], set(keys)) for keys in found] == [(keys[0], set(keys)) for keys in sorted(expected)]
+    assert printed.startswith("2 groups of near-duplicates (10 images) among 14 images, at cosine >= ")
+    assert {row["rank"] for row in rows if row["key"] in (expected[0][0], expected[1][0])} == {"1"}
+    assert all(float(row["similarity"]) >= 0 and int(row["width"]) > 0 for row in rows)
+    html = page.read_text()
+    assert all(key in html for keys in expected for key in keys)
+
+    # the kept index answers again without DATA, and as json
+    assert run_cli("duplicates", *args, "--out", out_json) == 0
+    document = json.loads(out_json.read_text())
+    assert document["model"] == REAL_WEIGHTS and document["threshold"] == backbone_of(REAL_WEIGHTS).duplicate_threshold
+    assert sorted(sorted(member["key"] for member in group) for group in document["groups"]) == sorted(
+        sorted(keys) for keys in expected
+    )
+
+
+def test_a_backbone_without_a_calibrated_threshold_asks_for_one(collection, tiny_model_dir, capsys):
+    folder, _ = collection
+    assert run_cli("duplicates", folder, "--model", tiny_model_dir, "--quiet") == 2
+    assert "has no calibrated duplicate threshold" in capsys.readouterr().err
+    assert run_cli("duplicates", folder, "--model", tiny_model_dir, "--quiet", "--threshold", "0.999") == 0
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ((), "give a folder of images (DATA), or --db"),
+        (("--db", "no-such-index"), "holds no index"),
+        (("no-such-folder",), "is not a folder"),
+    ],
+)
+def test_duplicates_needs_images(where, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("duplicates", *where, "--model", REAL_WEIGHTS, "--quiet") == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_empty_folder_says_it_holds_no_image(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run_cli("duplicates", tmp_path / "empty", "--model", REAL_WEIGHTS, "--quiet") == 2
+    assert "holds no image" in capsys.readouterr().err
