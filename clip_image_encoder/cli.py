@@ -6,6 +6,7 @@
     clip-image-encoder search QUERY.jpg --db DIR -k 10 [--html PAGE.html]
     clip-image-encoder search --text "a red bicycle" --db DIR
     clip-image-encoder duplicates DATA | --db DIR [--threshold T] [--out groups.csv|json] [--html PAGE.html]
+    clip-image-encoder train DATA --method simclr|barlow_twins|swav --model MODEL --out DIR
     clip-image-encoder serve [--config config.yml] [--port 51000] [--search --db DIR]
     clip-image-encoder export --format onnx|torchscript --out DIR
     clip-image-encoder health [--port 51000]
@@ -42,6 +43,7 @@ from clip_image_encoder.options import OPTIONS, EncoderOptions, add_arguments, c
 from clip_image_encoder.pipeline import EncodeResult, ImageEncoder, ImageItem
 from clip_image_encoder.ray_engine import embed_on_ray, is_object_storage, list_object_storage
 from clip_image_encoder.similarity import cosine_similarity
+from clip_image_encoder.training.command import add_train_parser
 
 if TYPE_CHECKING:
     from clip_image_encoder.vector_store import VectorIndex
@@ -460,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument("--out", required=True, help="output folder")
     add_arguments(exporter, ["pretrained_model_name_or_path"])
     exporter.set_defaults(handler=export)
+
+    add_train_parser(commands)
 
     server = commands.add_parser(
         "serve", help="serve the Executor (or the search Flow): options from --config, overridden by flags"

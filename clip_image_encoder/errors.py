@@ -6,7 +6,8 @@ Two families matter to a caller:
   and carries on with the rest. Its message is written for the client, and its ``reason``
   names the class of failure for counters and logs.
 - Errors of the whole call: a bad option (`OptionError`), a model that cannot be loaded
-  (`ModelNotFoundError`), or embeddings that do not belong in an index (`IndexMismatchError`). These are raised.
+  (`ModelNotFoundError`), embeddings that do not belong in an index (`IndexMismatchError`), or training
+  inputs that cannot be used (`TrainingError`). These are raised.
 """
 
 from __future__ import annotations
@@ -77,3 +78,7 @@ class ModelNotFoundError(RuntimeError):
 
 class IndexMismatchError(ValueError):
     """Embeddings to add or to search with come from another model, or have another size, than the index holds."""
+
+
+class TrainingError(ValueError):
+    """Training cannot start or go on because of its inputs (data, output folder, checkpoint): the user can fix it."""

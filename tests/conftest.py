@@ -21,34 +21,19 @@ from helpers import encode_image
 from PIL import Image
 from skimage import data as skimage_data
 from sklearn.datasets import load_sample_images
-from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-TINY_CLIP = CLIPVisionConfig(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    image_size=224,
-    patch_size=32,
-    projection_dim=16,
-)
+from tiny_clip import save_tiny_clip, save_tiny_vision_tower
+from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random ViT CLIP vision tower in the save_pretrained layout that users' folders have."""
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    torch.manual_seed(0)
-    CLIPVisionModelWithProjection(TINY_CLIP).eval().save_pretrained(folder)
-    CLIPImageProcessorPil().save_pretrained(folder)
-    return folder
+    return save_tiny_vision_tower(tmp_path_factory.mktemp("tiny-clip"))
 
 
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random whole CLIP checkpoint (image and text towers, 16-d) with its tokenizer, as users' folders are."""
-    from tiny_clip import save_tiny_clip
-
     return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip-full"))
 
 

@@ -98,35 +98,52 @@ def test_the_real_weights_backbone_has_a_calibrated_threshold():
     assert threshold is not None and 0 < threshold < 1
 
 
-def test_duplicates_finds_each_family_of_edited_copies_at_the_default_threshold(collection, tmp_path, capsys):
-    folder, families = collection
-    out_csv, out_json, page = tmp_path / "groups.csv", tmp_path / "groups.json", tmp_path / "groups.html"
-    db = tmp_path / "db"
-    args = ("--model", REAL_WEIGHTS, "--quiet", "--db", db)
-    assert run_cli("duplicates", folder, *args, "--out", out_csv, "--html", page) == 0
-    printed = capsys.readouterr().out
-
+def read_groups(out_csv: Path) -> list[list[str]]:
+    """The keys of each group of a csv written by ``duplicates --out``, in rank order."""
     with out_csv.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    groups: dict[str, list[str]] = {}
+    assert all(float(row["similarity"]) > 0 and int(row["width"]) > 0 for row in rows)
+    groups: dict[str, list[tuple[int, str]]] = {}
     for row in rows:
-        groups.setdefault(row["group"], []).append(row["key"])
-    expected = [[str(path) for path in families[name]] for name in ("coffee", "china")]
-    found = sorted(groups.values(), key=lambda keys: keys[0])
-    assert [(keys[0], set(keys)) for keys in found] == [(keys[0], set(keys)) for keys in sorted(expected)]
-    assert printed.startswith("2 groups of near-duplicates (10 images) among 14 images, at cosine >= ")
-    assert {row["rank"] for row in rows if row["key"] in (expected[0][0], expected[1][0])} == {"1"}
-    assert all(float(row["similarity"]) >= 0 and int(row["width"]) > 0 for row in rows)
+        groups.setdefault(row["group"], []).append((int(row["rank"]), row["key"]))
+    return [[key for _, key in sorted(members)] for members in groups.values()]
+
+
+def test_the_default_threshold_groups_copies_of_one_photo_only(collection, tmp_path, capsys):
+    """0.90 is tuned for precision (benchmarks/DUPLICATES.md): what it groups is one family, whatever it misses."""
+    folder, families = collection
+    out_csv = tmp_path / "groups.csv"
+    assert run_cli("duplicates", folder, "--model", REAL_WEIGHTS, "--quiet", "--out", out_csv) == 0
+    threshold = backbone_of(REAL_WEIGHTS).duplicate_threshold
+    assert f"images, at cosine >= {threshold}" in capsys.readouterr().out.splitlines()[0]
+
+    groups = read_groups(out_csv)
+    family_of = {str(path): name for name, paths in families.items() for path in paths}
+    assert groups, "the mirrored and colour-shifted copies are found at the default (benchmark: 97% and 78%)"
+    for keys in groups:
+        assert len({family_of[key] for key in keys}) == 1, keys
+
+
+def test_duplicates_finds_each_family_of_edited_copies_and_keeps_its_index(collection, tmp_path, capsys):
+    folder, families = collection
+    out_csv, out_json, page = tmp_path / "groups.csv", tmp_path / "groups.json", tmp_path / "groups.html"
+    args = ("--model", REAL_WEIGHTS, "--quiet", "--db", tmp_path / "db", "--threshold", "0.7")
+    assert run_cli("duplicates", folder, *args, "--out", out_csv, "--html", page) == 0
+    assert capsys.readouterr().out.startswith("2 groups of near-duplicates (10 images) among 14 images")
+
+    expected = sorted([str(path) for path in families[name]] for name in ("coffee", "china"))
+    found = sorted(read_groups(out_csv))
+    assert [(keys[0], set(keys)) for keys in found] == [(keys[0], set(keys)) for keys in expected]  # original first
     html = page.read_text()
     assert all(key in html for keys in expected for key in keys)
 
     # the kept index answers again without DATA, and as json
     assert run_cli("duplicates", *args, "--out", out_json) == 0
     document = json.loads(out_json.read_text())
-    assert document["model"] == REAL_WEIGHTS and document["threshold"] == backbone_of(REAL_WEIGHTS).duplicate_threshold
-    assert sorted(sorted(member["key"] for member in group) for group in document["groups"]) == sorted(
+    assert document["model"] == REAL_WEIGHTS and document["threshold"] == 0.7
+    assert sorted(sorted(member["key"] for member in group) for group in document["groups"]) == [
         sorted(keys) for keys in expected
-    )
+    ]
 
 
 def test_a_backbone_without_a_calibrated_threshold_asks_for_one(collection, tiny_model_dir, capsys):

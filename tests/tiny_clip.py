@@ -1,16 +1,38 @@
-"""Tiny random CLIP checkpoints with both towers and a byte-level tokenizer, built offline by the tests."""
+"""Tiny random CLIP checkpoints, built offline: a vision tower alone, or both towers with a byte-level tokenizer.
+
+The tests build theirs here, and the benchmarks that need a model with no real weights import this module too.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
 CONTEXT_LENGTH = 16
 PROJECTION_DIM = 16
 TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 VISION = {**TOWER, "image_size": 224, "patch_size": 32}
+
+
+def save_tiny_vision_tower(folder: Path, image_size: int = 224, patch_size: int = 32, seed: int = 0) -> Path:
+    """A random ViT CLIP vision tower with its projection (16-d) and image processor, in the save_pretrained
+    layout that users' folders have; ``image_size`` is also the processor's resize and crop."""
+    config = CLIPVisionConfig(**TOWER, image_size=image_size, patch_size=patch_size, projection_dim=PROJECTION_DIM)
+    torch.manual_seed(seed)
+    CLIPVisionModelWithProjection(config).eval().save_pretrained(folder)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    ).save_pretrained(folder)
+    return folder
 
 
 def byte_level_tokenizer() -> CLIPTokenizer:
