@@ -259,12 +259,15 @@ def duplicates(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="duplicates-") as scratch:
         db = Path(args.db or scratch)
         model = model_identity(options.pretrained_model_name_or_path) if args.data is not None else None
+        threshold = args.threshold
+        if threshold is None and model is not None:  # before embedding the folder: fail fast without a default
+            threshold = _default_threshold(model)
         with _open_index(db, model) as index:
             if args.data is not None:
                 _index_images(Path(args.data).resolve(), index, options, args.quiet)
             if len(index) == 0:
                 return _fail(_empty_index_message(db) if args.data is None else f"{args.data} holds no image")
-            threshold = args.threshold if args.threshold is not None else _default_threshold(index.model_name)
+            threshold = threshold if threshold is not None else _default_threshold(index.model_name)
             groups = find_duplicates(index, threshold, progress=not args.quiet)
             images = len(index)
             model_name = index.model_name or ""
