@@ -9,31 +9,15 @@ import pytest
 import torch
 from helpers import cosine, encode_image
 from PIL import Image
-from transformers import (
-    AutoModel,
-    BitImageProcessorPil,
-    Dinov2Config,
-    SiglipImageProcessorPil,
-    SiglipVisionConfig,
-    SiglipVisionModel,
-    ViTConfig,
-    ViTImageProcessorPil,
-)
+from tiny_clip import VISION_FAMILIES, save_tiny_backbone
 
 from clip_image_encoder.model_loading import load_model
 from clip_image_encoder.pipeline import ImageEncoder
 from clip_image_encoder.sources import DecodeLimits
 
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
-HUB_FAMILIES = {
-    "siglip": (SiglipVisionModel, SiglipVisionConfig(image_size=224, patch_size=32, **TINY), SiglipImageProcessorPil),
-    "dinov2": (AutoModel, Dinov2Config(image_size=224, patch_size=32, **TINY), BitImageProcessorPil),
-    "vit": (AutoModel, ViTConfig(image_size=224, patch_size=32, **TINY), ViTImageProcessorPil),
-}
-
 
 def reference_embedding(family: str, folder: Path, image: Image.Image) -> np.ndarray:
-    model_class, _, processor_class = HUB_FAMILIES[family]
+    model_class, _, processor_class = VISION_FAMILIES[family]
     model = model_class.from_pretrained(folder).eval()
     pixel_values = processor_class.from_pretrained(folder)(images=[image], return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
@@ -42,13 +26,9 @@ def reference_embedding(family: str, folder: Path, image: Image.Image) -> np.nda
     return pooled[0].numpy()
 
 
-@pytest.mark.parametrize("family", sorted(HUB_FAMILIES))
+@pytest.mark.parametrize("family", sorted(VISION_FAMILIES))
 def test_hugging_face_backbone_matches_its_own_processor_and_model(family, tmp_path, photos):
-    model_class, config, processor_class = HUB_FAMILIES[family]
-    torch.manual_seed(0)
-    model = AutoModel.from_config(config) if model_class is AutoModel else model_class(config)
-    model.save_pretrained(tmp_path)
-    processor_class().save_pretrained(tmp_path)
+    save_tiny_backbone(family, tmp_path)
     encoder = ImageEncoder(load_model(str(tmp_path), device="cpu"), DecodeLimits())
     image = Image.fromarray(photos["chelsea"])
     (ours,) = list(encoder.encode([photos["chelsea"]]))

@@ -15,17 +15,7 @@ from helpers import free_port, run_cli
 from jina import Flow
 from PIL import Image
 from safetensors.torch import load_file
-from tiny_clip import save_tiny_vision_tower
-from transformers import (
-    AutoModel,
-    BitImageProcessorPil,
-    Dinov2Config,
-    SiglipImageProcessorPil,
-    SiglipVisionConfig,
-    SiglipVisionModel,
-    ViTConfig,
-    ViTImageProcessorPil,
-)
+from tiny_clip import VISION_FAMILIES, save_tiny_backbone, save_tiny_vision_tower
 
 from clip_image_encoder.documents import ImageDocument
 from clip_image_encoder.executor import CLIPImageEncoder
@@ -372,30 +362,10 @@ def test_resuming_with_other_settings_is_refused(images, small_model, tmp_path, 
     assert "seed 0 -> 3" in err
 
 
-TINY_TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
-OTHER_FAMILIES = {
-    "siglip": lambda: (
-        SiglipVisionModel(SiglipVisionConfig(image_size=32, patch_size=16, **TINY_TOWER)),
-        SiglipImageProcessorPil(size={"height": 32, "width": 32}),
-    ),
-    "dinov2": lambda: (
-        AutoModel.from_config(Dinov2Config(image_size=32, patch_size=16, **TINY_TOWER)),
-        BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-    ),
-    "vit": lambda: (
-        AutoModel.from_config(ViTConfig(image_size=32, patch_size=16, **TINY_TOWER)),
-        ViTImageProcessorPil(size={"height": 32, "width": 32}),
-    ),
-}
-
-
-@pytest.mark.parametrize("family", sorted(OTHER_FAMILIES))
+@pytest.mark.parametrize("family", sorted(VISION_FAMILIES))
 def test_every_hugging_face_family_trains_and_its_folder_loads(family, images, tmp_path):
     """SigLIP, DINOv2 and ViT train as CLIP does, and the saved folder is a backbone of the same family."""
-    torch.manual_seed(0)
-    model, processor = OTHER_FAMILIES[family]()
-    model.save_pretrained(tmp_path / "start")
-    processor.save_pretrained(tmp_path / "start")
+    save_tiny_backbone(family, tmp_path / "start", image_size=32, patch_size=16)
 
     train(small_config(images, tmp_path / "start", tmp_path / "tuned", epochs=1))
 

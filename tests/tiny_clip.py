@@ -9,12 +9,21 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoModel,
+    BitImageProcessorPil,
     CLIPConfig,
     CLIPImageProcessorPil,
     CLIPModel,
     CLIPTokenizer,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
+    Dinov2Config,
+    PreTrainedModel,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+    ViTConfig,
+    ViTImageProcessorPil,
 )
 
 CONTEXT_LENGTH = 16
@@ -32,6 +41,27 @@ def save_tiny_vision_tower(folder: Path, image_size: int = 224, patch_size: int 
     CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     ).save_pretrained(folder)
+    return folder
+
+
+VISION_FAMILIES = {
+    "siglip": (SiglipVisionModel, SiglipVisionConfig, SiglipImageProcessorPil),
+    "dinov2": (AutoModel, Dinov2Config, BitImageProcessorPil),
+    "vit": (AutoModel, ViTConfig, ViTImageProcessorPil),
+}
+"""The Hugging Face backbones beyond CLIP: (model class, config class, the family's own image processor)."""
+
+
+def save_tiny_backbone(family: str, folder: Path, image_size: int = 224, patch_size: int = 32, seed: int = 0) -> Path:
+    """A random tiny SigLIP, DINOv2 or ViT with its family's processor at ``image_size``, as users' folders are."""
+    model_class, config_class, processor_class = VISION_FAMILIES[family]
+    config = config_class(image_size=image_size, patch_size=patch_size, **TOWER)
+    torch.manual_seed(seed)
+    model: PreTrainedModel = AutoModel.from_config(config) if model_class is AutoModel else model_class(config)
+    model.save_pretrained(folder)
+    square = {"height": image_size, "width": image_size}
+    sizes = {"size": {"shortest_edge": image_size}, "crop_size": square} if family == "dinov2" else {"size": square}
+    processor_class(**sizes).save_pretrained(folder)
     return folder
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 
@@ -55,6 +54,8 @@ class Augmenter(torch.nn.Module):
         upsample_to: tuple[int, int] | None = None,
     ) -> None:
         """``upsample_to``: resize the view to this size last, for a backbone that takes no other input size."""
+        import kornia.augmentation as K  # here, not at import: every command line start would pay for it
+
         super().__init__()
         self.size, self.upsample_to = size, upsample_to
         # SimCLR's blur kernel is 10% of the image side (odd), sigma uniform in [0.1, 2.0].
