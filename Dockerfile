@@ -22,9 +22,10 @@ RUN python -m venv /opt/venv \
     && chmod 1777 /home/encoder
 
 WORKDIR /app
-# Dependencies in a layer of their own: a change to the code does not install them again.
+# What serving needs, in a layer of its own (a change to the code does not install it again); the extras
+# (training, export, duplicates, parquet) stay out of the image: the commands that need one say so.
 COPY install.sh requirements.txt ./
-RUN ./install.sh deps
+RUN ./install.sh serving
 COPY pyproject.toml README.md ./
 COPY clip_image_encoder ./clip_image_encoder
 RUN ./install.sh package

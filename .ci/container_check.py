@@ -36,7 +36,7 @@ from PIL import Image
 from skimage import data as skimage_data
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from clip_image_encoder.documents import ImageDocument
+from clip_image_encoder.service.documents import ImageDocument
 
 PORT = 51000
 """The image's own port (its CMD and HEALTHCHECK): the check runs the image unchanged."""

@@ -73,13 +73,13 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))  # the
 from copy_edits import EDITS, edited_copies
 from tiny_clip import save_tiny_vision_tower
 
-from clip_image_encoder.backbones import backbone_of
-from clip_image_encoder.duplicates import DuplicateGroup, find_duplicates
+from clip_image_encoder.config.options import EncoderOptions
+from clip_image_encoder.encoding.images import ImageEncoder, ImageItem
+from clip_image_encoder.encoding.outputs import l2_normalize
 from clip_image_encoder.errors import EmbeddingError
-from clip_image_encoder.options import EncoderOptions
-from clip_image_encoder.pipeline import ImageEncoder, ImageItem
-from clip_image_encoder.similarity import l2_normalize
-from clip_image_encoder.vector_store import VectorIndex
+from clip_image_encoder.models.backbones import backbone_of
+from clip_image_encoder.search.duplicates import DuplicateGroup, find_duplicates
+from clip_image_encoder.search.vector_index import VectorIndex
 
 SKIMAGE_PHOTOS = (
     "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",

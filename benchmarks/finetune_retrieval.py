@@ -37,8 +37,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # copy_edits beside it; this checkout's package before an installed one
 from copy_edits import edited_copies  # noqa: E402
 
-from clip_image_encoder.model_loading import load_model  # noqa: E402
-from clip_image_encoder.preprocessing import Preprocessor  # noqa: E402
+from clip_image_encoder.images.preprocessing import Preprocessor  # noqa: E402
+from clip_image_encoder.models.loading import load_model  # noqa: E402
 from clip_image_encoder.training.config import TrainConfig  # noqa: E402
 from clip_image_encoder.training.methods import METHODS  # noqa: E402
 from clip_image_encoder.training.trainer import train  # noqa: E402

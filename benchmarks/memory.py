@@ -25,8 +25,8 @@ from pathlib import Path
 from docarray import DocList
 from PIL import Image
 from skimage import data
-from clip_image_encoder.documents import ImageDocument
-from clip_image_encoder.executor import CLIPImageEncoder
+from clip_image_encoder.service.documents import ImageDocument
+from clip_image_encoder.service.executors import CLIPImageEncoder
 
 def rss_mb(field):
     for line in Path("/proc/self/status").read_text().splitlines():

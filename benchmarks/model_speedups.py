@@ -37,9 +37,10 @@ from skimage import data as skimage_data
 from sklearn.datasets import load_sample_images
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from clip_image_encoder.exported import export_model, load_onnx
-from clip_image_encoder.model_loading import load_model
-from clip_image_encoder.preprocessing import PreprocessConfig, Preprocessor
+from clip_image_encoder.images.preprocessing import PreprocessConfig, Preprocessor
+from clip_image_encoder.models.backends.onnx import load_onnx
+from clip_image_encoder.models.export import export_model
+from clip_image_encoder.models.loading import load_model
 
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8

@@ -37,10 +37,10 @@ from jina import Client
 from PIL import Image
 from skimage import data as skimage_data
 
-from clip_image_encoder.documents import ImageDocument
-from clip_image_encoder.options import EncoderOptions
-from clip_image_encoder.pipeline import ImageEncoder, ImageItem
-from clip_image_encoder.serving import build_flow
+from clip_image_encoder.config.options import EncoderOptions
+from clip_image_encoder.encoding.images import ImageEncoder, ImageItem
+from clip_image_encoder.service.documents import ImageDocument
+from clip_image_encoder.service.flow import build_flow
 
 RETRY_LINE = "errored, with error"
 """What Jina's gateway logs (at debug level) for each failed attempt that it retries or gives up."""

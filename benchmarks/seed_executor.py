@@ -13,7 +13,7 @@ from jina import Executor, requests
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from clip_image_encoder.documents import ImageDocument
+from clip_image_encoder.service.documents import ImageDocument
 
 
 class SeedStyleEncoder(Executor):

@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from docarray import DocList
 
-from clip_image_encoder.documents import ImageDocument
-from clip_image_encoder.metrics import PipelineMetrics
-from clip_image_encoder.options import EncoderOptions
-from clip_image_encoder.pipeline import ImageEncoder, ImageItem
+from clip_image_encoder.config.options import EncoderOptions
+from clip_image_encoder.encoding.images import ImageEncoder, ImageItem
+from clip_image_encoder.encoding.metrics import PipelineMetrics
+from clip_image_encoder.service.documents import ImageDocument
 
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import LARGE, SMALL, jpeg_set, make_vit_b32, source_photos

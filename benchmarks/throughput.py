@@ -63,14 +63,14 @@ from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_executor import SeedStyleEncoder
 
-from clip_image_encoder.documents import ImageDocument
-from clip_image_encoder.executor import CLIPImageEncoder
-from clip_image_encoder.model_loading import load_model
-from clip_image_encoder.options import EncoderOptions
-from clip_image_encoder.pipeline import ImageEncoder
-from clip_image_encoder.preprocessing import Preprocessor
-from clip_image_encoder.runtime import configure_cpu_threads
-from clip_image_encoder.sources import DecodeLimits
+from clip_image_encoder.config.options import EncoderOptions
+from clip_image_encoder.encoding.images import ImageEncoder
+from clip_image_encoder.images.preprocessing import Preprocessor
+from clip_image_encoder.images.uris import DecodeLimits
+from clip_image_encoder.models.devices import configure_cpu_threads
+from clip_image_encoder.models.loading import load_model
+from clip_image_encoder.service.documents import ImageDocument
+from clip_image_encoder.service.executors import CLIPImageEncoder
 
 WALLPAPERS = Path("/usr/share/backgrounds/mate")
 SMALL, LARGE = (640, 480), (4000, 3000)
@@ -296,7 +296,7 @@ def fast_mode_drift(model_dir: Path, photos: list[bytes]) -> dict:
     exact = np.stack(list(encoder.encode(photos, EncoderOptions(preprocessing="exact"))))
     fast = np.stack(list(encoder.encode(photos, EncoderOptions(preprocessing="fast"))))
     cosines = (exact * fast).sum(1) / (np.linalg.norm(exact, axis=1) * np.linalg.norm(fast, axis=1))
-    exact_mode, fast_mode = (Preprocessor(encoder.model.preprocess, mode) for mode in ("exact", "fast"))
+    exact_mode, fast_mode = (Preprocessor(encoder.model.preprocess, fast) for fast in (False, True))
     pixel_diff = [
         np.abs(encoder.prepare(p, exact_mode).astype(int) - encoder.prepare(p, fast_mode).astype(int)).mean()
         for p in photos

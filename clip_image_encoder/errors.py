@@ -5,9 +5,12 @@ Two families matter to a caller:
 - `EmbeddingError`: one input (an image or a text) got no embedding. The pipeline returns it in that input's place
   and carries on with the rest. Its message is written for the client, and its ``reason``
   names the class of failure for counters and logs.
-- Errors of the whole call: a bad option (`OptionError`), a model that cannot be loaded
-  (`ModelNotFoundError`), embeddings that do not belong in an index (`IndexMismatchError`), or training
-  inputs that cannot be used (`TrainingError`). These are raised.
+- `UserError`: the whole call cannot go on because of what the user gave it, and the user can fix it: a bad
+  option (`OptionError`), a model that cannot be loaded (`ModelNotFoundError`), embeddings that do not
+  belong in an index (`IndexMismatchError`), training inputs that cannot be used (`TrainingError`), a flow
+  that cannot be deployed (`DeploymentError`), an optional part that is not installed (`MissingExtraError`).
+  These are raised; the command line catches them once and prints the message (exit status 2), never a
+  traceback.
 """
 
 from __future__ import annotations
@@ -68,17 +71,29 @@ class ModelError(EmbeddingError, RuntimeError):
     reason = "model"
 
 
-class OptionError(ValueError):
+class UserError(Exception):
+    """The call cannot go on because of what the user gave it; the message says what to change."""
+
+
+class OptionError(UserError, ValueError):
     """An option (at start or per request) has a wrong name, type or value; the message names it."""
 
 
-class ModelNotFoundError(RuntimeError):
-    """The model could not be loaded from the hub, the cache or a local folder."""
+class ModelNotFoundError(UserError, RuntimeError):
+    """The model could not be loaded from the hub, the cache or a local folder, or is of no supported kind."""
 
 
-class IndexMismatchError(ValueError):
+class IndexMismatchError(UserError, ValueError):
     """Embeddings to add or to search with come from another model, or have another size, than the index holds."""
 
 
-class TrainingError(ValueError):
+class TrainingError(UserError, ValueError):
     """Training cannot start or go on because of its inputs (data, output folder, checkpoint): the user can fix it."""
+
+
+class DeploymentError(UserError, ValueError):
+    """The flow or the output folder cannot make deployment files; the message says what to change."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """A command needs an optional part of the package that is not installed; the message names the extra."""

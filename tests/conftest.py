@@ -69,7 +69,7 @@ def photos() -> dict[str, np.ndarray]:
 def executor(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """One Executor on the tiny model, loaded the way users load theirs (a folder path); it may read the
     files of the tests' temporary folders, and no others."""
-    from clip_image_encoder.executor import CLIPImageEncoder
+    from clip_image_encoder.service.executors import CLIPImageEncoder
 
     encoder = CLIPImageEncoder(
         pretrained_model_name_or_path=str(tiny_model_dir), local_uri_roots=[str(tmp_path_factory.getbasetemp())]

@@ -22,9 +22,9 @@ import numpy as np
 from docarray import DocList
 from PIL import Image
 
-from clip_image_encoder.documents import ImageDocument
-from clip_image_encoder.executor import CLIPImageEncoder
-from clip_image_encoder.sources import DecodeLimits
+from clip_image_encoder.images.uris import DecodeLimits
+from clip_image_encoder.service.documents import ImageDocument
+from clip_image_encoder.service.executors import CLIPImageEncoder
 
 LOOPBACK_ALLOWED = DecodeLimits(allow_remote_uris=True, allowed_remote_networks=(ipaddress.ip_network("127.0.0.0/8"),))
 """Remote fetching on, with loopback allowed: what the tests' local servers need."""
@@ -37,7 +37,7 @@ def embed(executor: CLIPImageEncoder, docs: list[ImageDocument], **parameters) -
 
 def run_cli(*args: object) -> int:
     """The command line, in this process: its exit status (output goes to capsys)."""
-    from clip_image_encoder.cli import main
+    from clip_image_encoder.cli.main import main
 
     return main([str(arg) for arg in args])
 

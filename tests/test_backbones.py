@@ -11,9 +11,9 @@ from helpers import cosine, encode_image
 from PIL import Image
 from tiny_clip import VISION_FAMILIES, save_tiny_backbone
 
-from clip_image_encoder.model_loading import load_model
-from clip_image_encoder.pipeline import ImageEncoder
-from clip_image_encoder.sources import DecodeLimits
+from clip_image_encoder.encoding.images import ImageEncoder
+from clip_image_encoder.images.uris import DecodeLimits
+from clip_image_encoder.models.loading import load_model
 
 
 def reference_embedding(family: str, folder: Path, image: Image.Image) -> np.ndarray:

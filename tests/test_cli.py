@@ -15,7 +15,7 @@ from helpers import encode_image
 from helpers import run_cli as run
 from PIL import Image
 
-from clip_image_encoder.similarity import cosine_similarity
+from clip_image_encoder.encoding.outputs import cosine_similarity
 
 GOOD = sorted(["astronaut.jpg", "cats/chelsea.png", "coffee.jpg", "rocket.jpg", "china.jpg", "flower.jpg"])
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip_image_encoder.model import EmbeddingModel
-from clip_image_encoder.model_loading import load_model
-from clip_image_encoder.options import EncoderOptions
-from clip_image_encoder.pipeline import ImageEncoder
-from clip_image_encoder.runtime import configure_cpu_threads
+from clip_image_encoder.config.options import EncoderOptions
+from clip_image_encoder.encoding.images import ImageEncoder
+from clip_image_encoder.models.devices import configure_cpu_threads
+from clip_image_encoder.models.loading import load_model
+from clip_image_encoder.models.network import EmbeddingModel
 
 
 def test_threads_are_shared_among_replicas():

@@ -12,7 +12,7 @@ from helpers import LOOPBACK_ALLOWED, encode_image, exif_rotated_png, png_declar
 from PIL import Image
 
 from clip_image_encoder.errors import ImageInputError
-from clip_image_encoder.sources import DecodeLimits, load_image
+from clip_image_encoder.images.uris import DecodeLimits, load_image
 
 LIMITS = DecodeLimits(local_uri_roots=None)
 """Any local file may be read, as the command line reads what it is given (guards: test_input_guards.py)."""

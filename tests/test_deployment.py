@@ -20,21 +20,22 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from clip_image_encoder.cli import main
-from clip_image_encoder.deployment import (
+from clip_image_encoder.cli.main import main
+from clip_image_encoder.config.options import OPTIONS
+from clip_image_encoder.errors import DeploymentError
+from clip_image_encoder.service.deploy import (
     CACHE_DIR,
     IMAGE_UID,
     MERGER,
     RESOURCES,
-    DeploymentError,
     complete_compose,
     complete_kubernetes,
     export_manifests,
     flow_document,
     merger_image,
 )
-from clip_image_encoder.indexer import SHARDED_POLLING, ShardMerger
-from clip_image_encoder.options import OPTIONS
+from clip_image_encoder.service.flow import INDEXER
+from clip_image_encoder.service.indexer import ShardMerger
 
 REPO = Path(__file__).resolve().parent.parent
 FLOW = REPO / "deploy" / "flow.yml"
@@ -260,13 +261,13 @@ def test_each_indexer_shard_has_its_own_read_write_once_claim_and_the_head_and_m
 
 def test_the_sharded_head_polls_every_shard_and_sends_their_answers_to_the_merger(exported):
     head, merger = _head_and_merger(exported["sharded"]["kubernetes"])
-    assert json.loads(_args_value(head["args"], "--polling")) == SHARDED_POLLING
+    assert json.loads(_args_value(head["args"], "--polling")) == INDEXER.sharded_polling
     assert set(json.loads(_args_value(head["args"], "--connection-list"))) == {"0", "1"}
     # Kubernetes: the merger is the head's sidecar, on the pod's loopback.
     assert _args_value(head["args"], "--uses-after-address") == f"127.0.0.1:{merger['ports'][0]['containerPort']}"
     services = exported["sharded"]["compose"]["services"]
     compose_head, compose_merger = services["indexer-head"]["command"], services["indexer-uses-after"]["command"]
-    assert json.loads(_args_value(compose_head, "--polling")) == SHARDED_POLLING
+    assert json.loads(_args_value(compose_head, "--polling")) == INDEXER.sharded_polling
     assert (
         _args_value(compose_head, "--uses-after-address")
         == f"indexer-uses-after:{_args_value(compose_merger, '--port')}"
@@ -300,7 +301,7 @@ def test_a_flow_that_shards_its_indexer_itself_gets_the_polling_and_the_merger_t
     _executor(source, "indexer")["shards"] = 3
     indexer = _executor(flow_document(source), "indexer")
     assert indexer["shards"] == 3
-    assert indexer["polling"] == SHARDED_POLLING
+    assert indexer["polling"] == INDEXER.sharded_polling
     assert indexer["uses_after"] == "docker://clip-image-encoder-merger:latest"
 
 

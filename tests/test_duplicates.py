@@ -12,9 +12,8 @@ import pytest
 from helpers import run_cli
 from PIL import Image, ImageEnhance, ImageOps
 
-from clip_image_encoder.backbones import backbone_of
-from clip_image_encoder.duplicates import ImageFacts, group_duplicates, image_facts
-from clip_image_encoder.vector_store import similar_pairs
+from clip_image_encoder.models.backbones import backbone_of
+from clip_image_encoder.search.duplicates import ImageFacts, group_duplicates, image_facts, similar_pairs
 
 REAL_WEIGHTS = "efficientnet-lite0"
 

@@ -12,9 +12,9 @@ import torch
 from helpers import cosine, embed, encode_image, png_declaring_size
 from PIL import Image
 
-from clip_image_encoder.documents import ImageDocument
 from clip_image_encoder.errors import ModelNotFoundError
-from clip_image_encoder.executor import CLIPImageEncoder
+from clip_image_encoder.service.documents import ImageDocument
+from clip_image_encoder.service.executors import CLIPImageEncoder
 
 PARITY = 0.99999
 
@@ -67,7 +67,7 @@ def test_embeddings_are_float32_of_the_model_dimension(executor, photos):
 
 
 def test_preprocessed_tensor_skips_preprocessing(executor, photos):
-    from clip_image_encoder.preprocessing import Preprocessor
+    from clip_image_encoder.images.preprocessing import Preprocessor
 
     preprocessor = Preprocessor(executor.encoder.model.preprocess)
     ready = preprocessor.batch([preprocessor.image(Image.fromarray(photos["china"]))])[0].numpy()
@@ -186,7 +186,7 @@ def test_an_unreadable_model_file_is_reported_as_a_permission_problem(tiny_model
     import shutil
     import tempfile
 
-    from clip_image_encoder.backbones import load_backbone
+    from clip_image_encoder.models.backbones import load_backbone
 
     folder = Path(tempfile.mkdtemp(prefix="model-"))
     try:

@@ -8,10 +8,10 @@ import torch
 from helpers import cosine, embed
 from PIL import Image
 
-from clip_image_encoder.cli import main
-from clip_image_encoder.documents import ImageDocument
-from clip_image_encoder.executor import CLIPImageEncoder
-from clip_image_encoder.preprocessing import Preprocessor
+from clip_image_encoder.cli.main import main
+from clip_image_encoder.images.preprocessing import Preprocessor
+from clip_image_encoder.service.documents import ImageDocument
+from clip_image_encoder.service.executors import CLIPImageEncoder
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_onnx_backend_matches_torch(executor, onnx_folder, photos):
 
 
 def test_onnx_folder_carries_its_preprocessing(onnx_folder, executor):
-    from clip_image_encoder.preprocessing import PreprocessConfig
+    from clip_image_encoder.images.preprocessing import PreprocessConfig
 
     assert PreprocessConfig.from_pretrained(str(onnx_folder)) == executor.encoder.model.preprocess
 

@@ -20,8 +20,8 @@ from helpers import encode_image, free_port, wait_for_port
 from jina import Client
 from PIL import Image
 
-from clip_image_encoder.documents import ImageDocument
-from clip_image_encoder.options import config_yaml
+from clip_image_encoder.config.files import config_yaml
+from clip_image_encoder.service.documents import ImageDocument
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -129,7 +129,7 @@ def test_serve_answers_the_request_in_flight_then_exits_0(tiny_model_dir, tmp_pa
 def test_serve_search_keeps_everything_indexed_when_stopped_during_an_index_request(
     tiny_model_dir, tmp_path, large_photos
 ):
-    from clip_image_encoder.vector_store import VectorIndex
+    from clip_image_encoder.search.vector_index import VectorIndex
 
     config = tmp_path / "config.yml"
     config.write_text(
@@ -166,7 +166,7 @@ def test_the_drain_waits_for_requests_and_only_the_same_signal_twice_forces_a_st
     The parent-death signal, which Linux sends once per exiting thread of the parent, never forces."""
     import asyncio
 
-    from clip_image_encoder.shutdown import PARENT_DIED, RequestsInFlight, _on_stop_signal
+    from clip_image_encoder.service.shutdown import PARENT_DIED, RequestsInFlight, _on_stop_signal
 
     async def scenario(first: signal.Signals, then: signal.Signals, again: signal.Signals) -> list[str]:
         stops: list[str] = []

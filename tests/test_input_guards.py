@@ -11,9 +11,9 @@ import pytest
 from helpers import LOOPBACK_ALLOWED, embed, encode_image, serving_folder
 from PIL import Image
 
-from clip_image_encoder.documents import ImageDocument
 from clip_image_encoder.errors import ImageInputError, UriRefusedError
-from clip_image_encoder.sources import DecodeLimits, load_image
+from clip_image_encoder.images.uris import DecodeLimits, load_image
+from clip_image_encoder.service.documents import ImageDocument
 
 REFUSED_LOCAL = "outside the folders this server reads"
 

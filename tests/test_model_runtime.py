@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from clip_image_encoder.config.options import EncoderOptions
+from clip_image_encoder.encoding.images import ImageEncoder
 from clip_image_encoder.errors import ImageInputError, ModelError
-from clip_image_encoder.model import EmbeddingModel
-from clip_image_encoder.model_loading import load_model
-from clip_image_encoder.options import EncoderOptions
-from clip_image_encoder.pipeline import ImageEncoder
+from clip_image_encoder.models.loading import load_model
+from clip_image_encoder.models.network import EmbeddingModel
 
 
 def test_out_of_memory_halves_the_batch_instead_of_failing(tiny_model_dir: Path):

@@ -14,12 +14,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from clip_image_encoder.documents import ImageDocument
-from clip_image_encoder.executor import CLIPImageEncoder
-from clip_image_encoder.metrics import ServiceMetrics
-from clip_image_encoder.model_loading import load_model
-from clip_image_encoder.options import EncoderOptions
-from clip_image_encoder.pipeline import ImageEncoder
+from clip_image_encoder.config.options import EncoderOptions
+from clip_image_encoder.encoding.images import ImageEncoder
+from clip_image_encoder.models.loading import load_model
+from clip_image_encoder.service.documents import ImageDocument
+from clip_image_encoder.service.executors import CLIPImageEncoder
+from clip_image_encoder.service.metrics import ServiceMetrics
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:

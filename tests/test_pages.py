@@ -24,8 +24,8 @@ import pytest
 from helpers import encode_image, exif_rotated_png, png_declaring_size
 from PIL import Image
 
-from clip_image_encoder.duplicates import DuplicateGroup, GroupMember, ImageFacts, image_facts
-from clip_image_encoder.pages import THUMBNAIL_SIDE, duplicates_page, search_page, write_page
+from clip_image_encoder.search.duplicates import DuplicateGroup, GroupMember, ImageFacts, image_facts
+from clip_image_encoder.search.pages import THUMBNAIL_SIDE, duplicates_page, search_page, write_page
 
 ODD_NAME = 'cat <&> "quoted".png'
 """A file name that breaks any page that does not escape it."""

@@ -9,7 +9,7 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil
 
 from clip_image_encoder.errors import ImageInputError
-from clip_image_encoder.preprocessing import PreprocessConfig, Preprocessor, is_model_input
+from clip_image_encoder.images.preprocessing import PreprocessConfig, Preprocessor, is_model_input
 
 
 def ours(images: list[Image.Image], config: PreprocessConfig) -> torch.Tensor:
@@ -60,8 +60,8 @@ def test_fixed_size_resize_without_crop_matches_the_reference(photos):
 def test_fast_mode_stays_close_to_exact(photos):
     image = Image.fromarray(photos["astronaut"]).resize((2048, 2048))
     config = PreprocessConfig()
-    exact = Preprocessor(config, "exact").image(image).astype(int)
-    fast = Preprocessor(config, "fast").image(image).astype(int)
+    exact = Preprocessor(config).image(image).astype(int)
+    fast = Preprocessor(config, fast=True).image(image).astype(int)
     assert fast.shape == exact.shape
     assert np.abs(fast - exact).mean() < 2.0
 

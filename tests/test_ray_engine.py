@@ -11,9 +11,10 @@ import torch
 from helpers import encode_image, exif_rotated_png
 from PIL import Image
 
-from clip_image_encoder.cli import list_images, main
-from clip_image_encoder.embedding_files import read_embeddings
-from clip_image_encoder.ray_engine import list_object_storage
+from clip_image_encoder.bulk.files import read_embeddings
+from clip_image_encoder.bulk.ray import list_object_storage
+from clip_image_encoder.cli.main import main
+from clip_image_encoder.images.listing import list_images
 
 
 @pytest.fixture(scope="module")

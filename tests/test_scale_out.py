@@ -12,12 +12,12 @@ from helpers import encode_image, free_port
 from jina import Client
 from PIL import Image
 
-from clip_image_encoder.documents import ImageDocument, ImageMatch
-from clip_image_encoder.indexer import merge_top_k, shard_of
-from clip_image_encoder.options import EncoderOptions
-from clip_image_encoder.pipeline import ImageEncoder, ImageItem
-from clip_image_encoder.serving import build_flow
-from clip_image_encoder.vector_store import VectorIndex
+from clip_image_encoder.config.options import EncoderOptions
+from clip_image_encoder.encoding.images import ImageEncoder, ImageItem
+from clip_image_encoder.search.vector_index import VectorIndex
+from clip_image_encoder.service.documents import ImageDocument, ImageMatch
+from clip_image_encoder.service.flow import build_flow
+from clip_image_encoder.service.indexer import merge_top_k, shard_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from replica_fault import drill

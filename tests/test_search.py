@@ -15,12 +15,12 @@ from PIL import Image
 from tiny_clip import CONTEXT_LENGTH, save_tiny_clip
 from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
-from clip_image_encoder.documents import ImageDocument
-from clip_image_encoder.executor import SEARCH_FLOW_REQUESTS, CLIPImageEncoder, CLIPTextEncoder
-from clip_image_encoder.indexer import ImageIndexer
-from clip_image_encoder.options import EncoderOptions
-from clip_image_encoder.serving import build_flow
-from clip_image_encoder.vector_store import VectorIndex
+from clip_image_encoder.config.options import EncoderOptions
+from clip_image_encoder.search.vector_index import VectorIndex
+from clip_image_encoder.service.documents import ImageDocument
+from clip_image_encoder.service.executors import CLIPImageEncoder, CLIPTextEncoder
+from clip_image_encoder.service.flow import TEXT_ENCODER, build_flow
+from clip_image_encoder.service.indexer import ImageIndexer
 
 QUERY = "a photo of a cat"
 
@@ -146,7 +146,7 @@ def test_a_flow_refuses_text_queries_of_another_checkpoint_and_keeps_answering_i
             name="text_encoder",
             uses=CLIPTextEncoder,
             uses_with={"pretrained_model_name_or_path": str(other)},
-            uses_requests=SEARCH_FLOW_REQUESTS,
+            uses_requests=TEXT_ENCODER.uses_requests,
         )
         .add(name="indexer", uses=ImageIndexer, uses_with={"db": str(tmp_path / "db")})
     )

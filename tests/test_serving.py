@@ -17,9 +17,9 @@ from helpers import encode_image, free_port, wait_for_port
 from jina import Client, Flow
 from PIL import Image
 
-from clip_image_encoder.cli import main
-from clip_image_encoder.documents import ImageDocument
-from clip_image_encoder.executor import CLIPImageEncoder
+from clip_image_encoder.cli.main import main
+from clip_image_encoder.service.documents import ImageDocument
+from clip_image_encoder.service.executors import CLIPImageEncoder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,8 +105,8 @@ def test_jina_executor_cli_serves_from_config_yml(tiny_model_dir, photos, model)
 
 
 def test_search_flow_indexes_then_finds_the_original_of_an_edited_photo(tiny_model_dir, photos, tmp_path):
-    from clip_image_encoder.documents import ImageMatch
-    from clip_image_encoder.indexer import ImageIndexer
+    from clip_image_encoder.service.documents import ImageMatch
+    from clip_image_encoder.service.indexer import ImageIndexer
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -139,16 +139,16 @@ def test_search_flow_indexes_then_finds_the_original_of_an_edited_photo(tiny_mod
 
 
 def test_flow_yml_describes_the_encoders_and_the_indexer():
-    from clip_image_encoder.executor import SEARCH_FLOW_REQUESTS
+    from clip_image_encoder.service.flow import TEXT_ENCODER
 
     flow = Flow.load_config(str(REPO / "flow.yml"))
     assert [name for name in flow._deployment_nodes if name != "gateway"] == ["encoder", "text_encoder", "indexer"]
-    assert flow._deployment_nodes["text_encoder"].args.uses_requests == SEARCH_FLOW_REQUESTS
+    assert flow._deployment_nodes["text_encoder"].args.uses_requests == TEXT_ENCODER.uses_requests
 
 
 def test_serve_command_serves_the_options_of_its_config_and_flags(tiny_model_dir, photos, tmp_path):
     """`clip-image-encoder serve` reads config.yml's `with:` (here: normalize) and its flags override it (embed_dim)."""
-    from clip_image_encoder.options import config_yaml
+    from clip_image_encoder.config.files import config_yaml
 
     config = tmp_path / "config.yml"
     config.write_text(

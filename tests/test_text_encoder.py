@@ -30,11 +30,12 @@ from transformers import (
     SiglipModel,
 )
 
-from clip_image_encoder.documents import ImageDocument, TextDocument
+from clip_image_encoder.config.files import text_config_yaml
+from clip_image_encoder.config.options import TEXT_ENCODER_OPTIONS
+from clip_image_encoder.encoding.texts import TextEncoder
 from clip_image_encoder.errors import OptionError
-from clip_image_encoder.executor import CLIPImageEncoder, CLIPTextEncoder
-from clip_image_encoder.options import TEXT_ENCODER_OPTIONS, text_config_yaml
-from clip_image_encoder.text_encoding import TextEncoder
+from clip_image_encoder.service.documents import ImageDocument, TextDocument
+from clip_image_encoder.service.executors import CLIPImageEncoder, CLIPTextEncoder
 
 REPO = Path(__file__).resolve().parent.parent
 TEXTS = [

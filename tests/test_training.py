@@ -17,10 +17,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from tiny_clip import VISION_FAMILIES, save_tiny_backbone, save_tiny_vision_tower
 
-from clip_image_encoder.documents import ImageDocument
-from clip_image_encoder.executor import CLIPImageEncoder
-from clip_image_encoder.model_loading import load_model
-from clip_image_encoder.preprocessing import PreprocessConfig, Preprocessor
+from clip_image_encoder.images.preprocessing import PreprocessConfig, Preprocessor
+from clip_image_encoder.models.loading import load_model
+from clip_image_encoder.service.documents import ImageDocument
+from clip_image_encoder.service.executors import CLIPImageEncoder
 from clip_image_encoder.training.augmentations import Augmenter, ViewSpec
 from clip_image_encoder.training.config import TrainConfig
 from clip_image_encoder.training.losses import barlow_twins, nt_xent, sinkhorn_knopp, swav

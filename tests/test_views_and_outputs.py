@@ -10,9 +10,9 @@ from helpers import cosine, embed, encode_image, exif_rotated_png
 from PIL import Image
 from scipy.stats import spearmanr
 
-from clip_image_encoder.documents import ImageDocument
-from clip_image_encoder.executor import CLIPImageEncoder
-from clip_image_encoder.postprocessing import QUANTIZATION_SCALE
+from clip_image_encoder.encoding.outputs import QUANTIZATION_SCALE
+from clip_image_encoder.service.documents import ImageDocument
+from clip_image_encoder.service.executors import CLIPImageEncoder
 
 
 def one(executor: CLIPImageEncoder, doc: ImageDocument, **parameters) -> np.ndarray:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from clip_image_encoder.preprocessing import PreprocessConfig
+from clip_image_encoder.images.preprocessing import PreprocessConfig
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The training images: every file under a folder, decoded and framed as the Executor does, in batches.
 
-Decoding is the Executor's (`sources.load_image`: EXIF orientation, transparency, size limits) and so is
+Decoding is the Executor's (`images.uris.load_image`: EXIF orientation, transparency, size limits) and so is
 the framing (`Preprocessor`: the model's resize of the short side and centre crop), in its fast mode: the
 random crops that follow make bit-exactness pointless, and reduced-size JPEG decoding saves most of the
 cost on large photos. Every file is decoded once before training; those that fail are skipped and listed.
@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from clip_image_encoder.errors import ImageInputError, TrainingError
-from clip_image_encoder.preprocessing import PreprocessConfig, Preprocessor
-from clip_image_encoder.sources import DecodeLimits, load_image
+from clip_image_encoder.images.listing import list_images
+from clip_image_encoder.images.preprocessing import PreprocessConfig, Preprocessor
+from clip_image_encoder.images.uris import DecodeLimits, load_image
 
 
 class ImageFolder:
@@ -31,11 +32,9 @@ class ImageFolder:
         pool: ThreadPoolExecutor,
         max_image_pixels: int = DecodeLimits.max_image_pixels,
     ) -> None:
-        from clip_image_encoder.cli import list_images  # the command line's listing; lazy: cli imports training
-
         if not folder.is_dir():
             raise TrainingError(f"{folder} is not a folder")
-        self.preprocessor = Preprocessor(preprocess, mode="fast")
+        self.preprocessor = Preprocessor(preprocess, fast=True)
         self.limits = DecodeLimits(max_image_pixels=max_image_pixels, local_uri_roots=None)
         self.pool = pool
         try:

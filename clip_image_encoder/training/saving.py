@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from clip_image_encoder.errors import TrainingError
-from clip_image_encoder.preprocessing import PreprocessConfig
+from clip_image_encoder.images.preprocessing import PreprocessConfig
 
 CHECKPOINT = Path("checkpoint") / "last.pt"
 RECORD = "training.json"

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clip_image_encoder.backbones import backbone_of, load_backbone
 from clip_image_encoder.errors import TrainingError
-from clip_image_encoder.model import Network
-from clip_image_encoder.model_loading import resolve_device
+from clip_image_encoder.models.backbones import backbone_of, load_backbone
+from clip_image_encoder.models.devices import resolve_device
+from clip_image_encoder.models.network import Network
 from clip_image_encoder.training.augmentations import Augmenter, output_size
 from clip_image_encoder.training.config import TrainConfig
 from clip_image_encoder.training.data import ImageFolder

@@ -1,0 +1,1 @@
+"""Encoding: sources in batches through a model to embeddings (images and texts), their output form, metrics."""

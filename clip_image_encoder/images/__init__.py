@@ -1,0 +1,1 @@
+"""Images in: reading uris under the operator's guards, decoding, the client's view, preprocessing, listing folders."""

@@ -1,0 +1,1 @@
+"""Search over embeddings: the vector index, near-duplicates, indexing folders, result pages."""
