@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,40 @@ def test_search_with_another_model_is_refused(tiny_model_dir, photo_folder, tmp_
     assert f"holds embeddings of model {str(tiny_model_dir)!r}" in error
     assert f"come from {str(other_model)!r}" in error
     assert run("index", photo_folder, "--db", db, "--model", other_model) == 2  # nor adds to it
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU: --device cuda is no mistake there")
+def test_device_cuda_without_a_gpu_is_a_message_not_a_traceback(tiny_model_dir, photo_folder, tmp_path, capsys):
+    status = run("embed", photo_folder, "--out", tmp_path / "e.csv", "--model", tiny_model_dir, "--device", "cuda")
+    error = capsys.readouterr().err
+    assert status == 2
+    assert "error: option device 'cuda': torch sees no cuda GPU here" in error
+    assert "Traceback" not in error
+
+
+def test_int8_with_the_onnx_backend_is_a_message_not_a_traceback(tiny_model_dir, photo_folder, capsys):
+    a, b = sorted(photo_folder.glob("*.jpg"))[:2]
+    status = run("similarity", a, b, "--model", tiny_model_dir, "--dtype", "int8", "--backend", "onnx")
+    error = capsys.readouterr().err
+    assert status == 2
+    assert "error: option dtype int8 quantises a torch backbone; backend onnx cannot take it" in error
+
+
+def test_a_missing_extra_names_the_extra_to_install(tiny_model_dir, photo_folder, tmp_path, capsys, monkeypatch):
+    """The serving image has no pyarrow: ``--format parquet`` says which extra brings it."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_pyarrow(name, *args, **kwargs):
+        if name.split(".")[0] == "pyarrow":
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_pyarrow)
+    monkeypatch.delitem(sys.modules, "pyarrow", raising=False)
+    monkeypatch.delitem(sys.modules, "pyarrow.parquet", raising=False)
+    out = tmp_path / "e.parquet"
+    status = run("embed", photo_folder, "--out", out, "--format", "parquet", "--model", tiny_model_dir)
+    assert status == 2
+    assert "pip install 'clip-image-encoder[parquet]'" in capsys.readouterr().err

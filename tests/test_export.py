@@ -65,3 +65,33 @@ def test_torchscript_backend_serves_an_export_like_torch(executor, tiny_model_di
             assert cosine(ours, reference) >= 0.9999
     finally:
         scripted.close()
+
+
+def test_onnx_on_cuda_reports_its_device_and_overlaps_decoding(onnx_folder, photos, monkeypatch):
+    """With onnxruntime's CUDA provider (simulated here: no GPU), the model says cuda, in metrics too, and the
+    encoder decodes ahead as for torch on cuda, while the session still takes its inputs on the cpu."""
+    import onnxruntime
+
+    from clip_image_encoder.service.executors import _model_info
+
+    real_session = onnxruntime.InferenceSession
+
+    class SessionOnCuda(real_session):
+        def get_providers(self) -> list[str]:
+            return ["CUDAExecutionProvider", *super().get_providers()]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(onnxruntime, "InferenceSession", SessionOnCuda)
+    onnx = CLIPImageEncoder(pretrained_model_name_or_path=str(onnx_folder), backend="onnx", device="cuda")
+    try:
+        model = onnx.encoder.model
+        assert (model.device.type, model.input_device.type) == ("cuda", "cpu")
+        assert onnx.encoder.overlaps
+        assert _model_info(onnx.options, onnx.encoder)["device"] == "cuda"
+        embedded = embed(onnx, [ImageDocument(tensor=photo) for photo in photos.values()], batch_size=2)
+        assert all(doc.error is None and doc.embedding.shape == (16,) for doc in embedded)
+    finally:
+        onnx.close()

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from transformers.image_processing_base import ImageProcessingMixin
 
-from clip_image_encoder.errors import ImageInputError
+from clip_image_encoder.errors import ImageInputError, ModelNotFoundError
 from clip_image_encoder.images.views import select_view
 
 FAST_DRAFT_FACTOR = 2
@@ -61,7 +61,10 @@ class PreprocessConfig:
         if isinstance(crop, int):
             crop = {"height": crop, "width": crop}
         if "shortest_edge" not in size and "height" not in size:
-            raise ValueError(f"unsupported resize size {size}: expected shortest_edge or height/width")
+            raise ModelNotFoundError(
+                f"preprocessor_config.json has an unsupported resize size {size}: expected shortest_edge, or height "
+                "and width"
+            )
         defaults = cls()
         return cls(
             do_resize=config.get("do_resize", True),
@@ -111,7 +114,10 @@ class PreprocessConfig:
             return self.crop_size
         if self.size is not None:
             return self.size
-        raise ValueError("a shortest_edge resize without centre crop gives inputs of varying size")
+        raise ModelNotFoundError(
+            "preprocessor_config.json resizes the shortest edge without a centre crop: inputs of varying size, which "
+            "no batch can hold"
+        )
 
 
 class Preprocessor:
