@@ -201,7 +201,7 @@ READING = """### How to read it
 - Differences from the local engine's embeddings are float32 rounding: torch sums in another
   order with another thread count (1 in the actor by default, 2 locally) or batch size (Ray hands
   an actor fewer rows than `batch_size` where a block of files ends). Filenames, their order and
-  the errors report are the same (`tests/test_ray_engine.py`).
+  the errors report are the same (`tests/bulk/test_ray_engine.py`).
 """
 
 

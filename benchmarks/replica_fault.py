@@ -10,7 +10,7 @@ that was in flight). Finally one more request, to show that the Flow keeps servi
 
     python benchmarks/replica_fault.py --out benchmarks/REPLICA_FAULT.md   # ViT-B/32 shape, ~2 min on 2 cores
 
-The test suite runs the same drill on a tiny model (tests/test_scale_out.py).
+The test suite runs the same drill on a tiny model (tests/service/test_scale_out.py).
 """
 
 from __future__ import annotations

@@ -18,6 +18,6 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         raise MissingExtraError(
-            f"{purpose} needs {module.split('.')[0]}, which is not installed: "
-            f"pip install 'clip-image-encoder[{extra}]' (or ./install.sh, which installs every extra)"
+            f"{purpose} needs {module.split('.')[0]}, which is not installed: install the {extra} extra: "
+            f"pip install 'clip-image-encoder[{extra}]'"
         ) from None

@@ -7,7 +7,7 @@ Usage (after ``apt-get install chromium`` and ``pip install -r requirements-test
 
 Playwright drives the system's Chromium (never a browser of its own download) with the flags a machine
 with no outside network needs: no background, component-update or sync requests. The tests
-(`tests/test_pages.py`) use the same `chromium` context to check the result pages render.
+(`tests/search/test_pages.py`) use the same `chromium` context to check the result pages render.
 """
 
 from __future__ import annotations

@@ -103,4 +103,4 @@ def test_object_storage_listing_names_the_files_the_local_listing_names(photo_fo
 def test_ray_engine_without_ray_says_how_to_install_it(tiny_model_dir, photo_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     assert embed("ray", photo_folder, tmp_path / "out.csv", tiny_model_dir) == 2
-    assert "install the ray extra: pip install .[ray]" in capsys.readouterr().err
+    assert "install the ray extra: pip install 'clip-image-encoder[ray]'" in capsys.readouterr().err

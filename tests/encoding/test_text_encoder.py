@@ -37,7 +37,7 @@ from clip_image_encoder.errors import OptionError
 from clip_image_encoder.service.documents import ImageDocument, TextDocument
 from clip_image_encoder.service.executors import CLIPImageEncoder, CLIPTextEncoder
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TEXTS = [
     "a photo of a cat",
     "two dogs playing in the snow",

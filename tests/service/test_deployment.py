@@ -37,7 +37,7 @@ from clip_image_encoder.service.deploy import (
 from clip_image_encoder.service.flow import INDEXER
 from clip_image_encoder.service.indexer import ShardMerger
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FLOW = REPO / "deploy" / "flow.yml"
 INDEXER_DOCKERFILE = REPO / "deploy" / "Dockerfile.indexer"
 KUBERNETES_VERSION = "1.32.0"

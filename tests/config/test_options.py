@@ -15,7 +15,7 @@ from clip_image_encoder.errors import OptionError
 from clip_image_encoder.service.documents import ImageDocument
 from clip_image_encoder.service.executors import CLIPImageEncoder
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "clip_image_encoder"
 
 

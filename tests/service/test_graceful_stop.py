@@ -23,7 +23,7 @@ from PIL import Image
 from clip_image_encoder.config.files import config_yaml
 from clip_image_encoder.service.documents import ImageDocument
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SIGNAL_AFTER_S = 1.5
 """When the signal goes, after the request was sent; the request itself takes several seconds on 2 cores."""

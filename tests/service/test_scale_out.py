@@ -19,7 +19,7 @@ from clip_image_encoder.service.documents import ImageDocument, ImageMatch
 from clip_image_encoder.service.flow import build_flow
 from clip_image_encoder.service.indexer import merge_top_k, shard_of
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from replica_fault import drill
 
 

@@ -21,7 +21,7 @@ from clip_image_encoder.cli.main import main
 from clip_image_encoder.service.documents import ImageDocument
 from clip_image_encoder.service.executors import CLIPImageEncoder
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def mixed_request(photos: dict[str, np.ndarray], with_bytes: bool) -> list[ImageDocument]:
