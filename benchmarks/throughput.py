@@ -224,15 +224,15 @@ class TreeExecutor:
     --uses config.yml`` from that tree: the way to compare two versions of the code side by side in one run.
     """
 
-    def __init__(self, tree: Path, uses_with: dict, batch_size: int, port: int) -> None:
-        self.tree, self.batch_size, self.port = tree, batch_size, port
+    def __init__(self, tree: Path, uses_with: dict, batch_size: int, port: int, config: str = "config.yml") -> None:
+        self.tree, self.batch_size, self.port, self.config = tree, batch_size, port, config
         self.uses_with = {**uses_with, "batch_size": batch_size}
         self.process: subprocess.Popen | None = None
         self.pids: set[int] = set()
 
     def __enter__(self) -> TreeExecutor:
         jina = Path(sys.executable).with_name("jina")
-        command = [str(jina), "executor", "--uses", "config.yml", "--port", str(self.port)]
+        command = [str(jina), "executor", "--uses", self.config, "--port", str(self.port)]
         self.process = subprocess.Popen(
             [*command, "--uses-with", json.dumps(self.uses_with)],
             cwd=self.tree,

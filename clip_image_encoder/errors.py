@@ -71,6 +71,14 @@ class ModelError(EmbeddingError, RuntimeError):
     reason = "model"
 
 
+class OverloadedError(RuntimeError):
+    """The service holds as much queued work as it agreed to (``max_queued_documents``): retry later.
+
+    Raised for the whole request, at once, before any of its work is queued, so the client can retry it
+    elsewhere or later; the requests already queued are answered.
+    """
+
+
 class UserError(Exception):
     """The call cannot go on because of what the user gave it; the message says what to change."""
 

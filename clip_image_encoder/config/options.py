@@ -123,9 +123,32 @@ class EncoderOptions:
         serving_only=True,
         text_encoder=True,
     )
+    batch_wait_ms: int = option(
+        10,
+        "Batching across requests: once the model is free, milliseconds a forward pass waits for Documents of "
+        "other requests to join it, up to batch_size. It waits only while requests arrive concurrently (the last "
+        "pass joined several), so a lone client never pays it; 0: never wait. Longer: fuller batches, higher "
+        "latency.",
+        minimum=0,
+        serving_only=True,
+        text_encoder=True,
+    )
+    max_queued_documents: int = option(
+        1024,
+        "Documents that may wait for the model at once; a request that would pass it is refused at once with an "
+        "'overloaded, retry later' error, so memory stays bounded and the queued requests are still answered.",
+        minimum=1,
+        serving_only=True,
+        text_encoder=True,
+    )
     # --- a request may override these in `parameters` ---
     batch_size: int = option(
-        32, "Images per forward pass.", minimum=1, per_request=True, text_encoder=True, training=True
+        32,
+        "Images per forward pass; served, Documents of concurrent requests join a pass up to it.",
+        minimum=1,
+        per_request=True,
+        text_encoder=True,
+        training=True,
     )
     normalize: bool = option(False, "l2-normalise embeddings.", per_request=True, text_encoder=True)
     quantize: bool = option(

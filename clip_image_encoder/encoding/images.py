@@ -125,10 +125,7 @@ class ImageEncoder:
     ) -> Iterator[EncodeResult]:
         """Yield one result per source, in order, as the per-request part of ``options`` asks."""
         options = options or EncoderOptions()
-        if options.embed_dim > self.model.embedding_dim:
-            raise OptionError(
-                f"option embed_dim={options.embed_dim} is larger than the model's {self.model.embedding_dim} dimensions"
-            )
+        self.check_request(options)
         output = OutputOptions.from_options(options)
         preprocessor = Preprocessor(self.model.preprocess, fast=options.preprocessing == "fast")
         trace = self.metrics.trace_context()  # the caller's span parents the spans of the pool's threads
@@ -139,6 +136,13 @@ class ImageEncoder:
                 yield from self._embed_batch(pending.popleft(), preprocessor, output, trace)
         while pending:
             yield from self._embed_batch(pending.popleft(), preprocessor, output, trace)
+
+    def check_request(self, options: EncoderOptions) -> None:
+        """Refuse per-request options that this model cannot honour (before any of the request's work)."""
+        if options.embed_dim > self.model.embedding_dim:
+            raise OptionError(
+                f"option embed_dim={options.embed_dim} is larger than the model's {self.model.embedding_dim} dimensions"
+            )
 
     def prepare(
         self, item: ImageSource | ImageItem | None, preprocessor: Preprocessor, trace: object = None

@@ -9,7 +9,10 @@ service's `service.metrics.ServiceMetrics` reports through Prometheus and OpenTe
 - ``clip_encoder_embedded_total``, ``clip_encoder_failed_total{reason}``: inputs by outcome, failures
   by class (``undecodable``, ``too_large``, ``refused_uri``, ``unreadable_uri``, ``no_image``,
   ``invalid_input``, ``model``);
-- ``clip_encoder_model_info{model, backend, device, dtype, embedding_dim}``: always 1.
+- ``clip_encoder_model_info{model, backend, device, dtype, embedding_dim}``: always 1;
+- served only (batching across requests, `service.batching`): ``clip_encoder_queue_seconds`` (each request's
+  wait for its batch), ``clip_encoder_joined_requests`` and ``clip_encoder_joined_documents`` (per joined
+  batch), ``clip_encoder_overloaded_total`` (requests refused by the bound).
 """
 
 from __future__ import annotations
@@ -35,3 +38,12 @@ class PipelineMetrics:
 
     def outcome(self, result: object) -> None:
         """One input's result: an embedding, or the `EmbeddingError` it got."""
+
+    def queue_wait(self, seconds: float) -> None:
+        """How long one request waited for the batch that took it."""
+
+    def joined(self, requests: int, documents: int) -> None:
+        """One joined batch: how many requests, and how many of their inputs, share it."""
+
+    def overloaded(self) -> None:
+        """One request refused because the queue was full."""

@@ -47,6 +47,19 @@ def apply_output_options(embeddings: np.ndarray, options: OutputOptions) -> np.n
     return embeddings.astype(options.dtype)
 
 
+def apply_to_results(results: list[np.ndarray | Exception], options: OutputOptions) -> list[np.ndarray | Exception]:
+    """`apply_output_options` on the embeddings among per-input results (raw ``(D,)`` float32 or an error),
+    errors kept in their places: how one request's options apply to its part of a joined batch."""
+    embedded = [index for index, result in enumerate(results) if isinstance(result, np.ndarray)]
+    if not embedded:
+        return list(results)
+    shaped = apply_output_options(np.stack([results[index] for index in embedded]), options)
+    finished = list(results)
+    for index, row in zip(embedded, shaped, strict=True):
+        finished[index] = row
+    return finished
+
+
 def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
     """Scale each row of ``(N, D)`` (or one ``(D,)`` vector) to unit length; zero rows stay zero."""
     norms = np.linalg.norm(embeddings, axis=-1, keepdims=True)

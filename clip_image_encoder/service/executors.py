@@ -1,12 +1,14 @@
 """The Jina Executors: map Documents to image sources (or text queries), run the encoder, write results back.
 
 They orchestrate only: options, decoding, preprocessing, tokenising and the models live in their own modules.
+The Documents of concurrent requests join shared forward passes (`service.batching`); each request's
+options and errors stay its own.
 """
 
 # No `from __future__ import annotations` here: Jina reads the request schemas from live type hints.
-import asyncio
+import dataclasses
 import inspect
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 import numpy as np
@@ -16,11 +18,13 @@ from jina import Executor, requests
 
 from clip_image_encoder.config.options import OPTIONS, TEXT_ENCODER_OPTIONS, EncoderOptions
 from clip_image_encoder.encoding.images import EncodeResult, ImageEncoder, ImageItem
-from clip_image_encoder.encoding.outputs import OutputOptions
+from clip_image_encoder.encoding.metrics import PipelineMetrics
+from clip_image_encoder.encoding.outputs import OutputOptions, apply_to_results
 from clip_image_encoder.encoding.texts import TextEncoder
 from clip_image_encoder.errors import EmbeddingError, OptionError
 from clip_image_encoder.images.uris import ImageSource
 from clip_image_encoder.models.identity import model_identity
+from clip_image_encoder.service.batching import RequestBatcher, RunBatch
 from clip_image_encoder.service.documents import ImageDocument, TextDocument
 from clip_image_encoder.service.metrics import ServiceMetrics
 from clip_image_encoder.service.shutdown import serve_gracefully
@@ -83,6 +87,27 @@ class _OptionsExecutor(Executor):
             self._ignored_parameters |= new
         return options
 
+    def _batcher(self, run_batch: RunBatch, concurrency: int, metrics: PipelineMetrics | None = None) -> RequestBatcher:
+        return RequestBatcher(
+            run_batch,
+            wait_s=self.options.batch_wait_ms / 1000,
+            max_queued=self.options.max_queued_documents,
+            concurrency=concurrency,
+            metrics=metrics,
+        )
+
+    async def _embed_joined(
+        self, indexed_docs: list[tuple[int, Any]], inputs: list[Any], key: Hashable, options: EncoderOptions
+    ) -> None:
+        """Queue this request's inputs for joined batches, then write its results with its own output options."""
+        async with self._in_flight.track():
+            raw = await self.batcher.submit(inputs, key, options.batch_size)
+        self._write_results(indexed_docs, apply_to_results(raw, OutputOptions.from_options(options)))
+
+    def close(self) -> None:
+        self.batcher.close()
+        super().close()
+
     def _write_results(self, indexed_docs: Iterable[tuple[int, Any]], results: Iterable[EncodeResult]) -> None:
         """Each Document gets its embedding and the model that made it, or an ``error`` naming it (position and
         id) and why."""
@@ -110,9 +135,9 @@ class CLIPImageEncoder(_OptionsExecutor):
         self.encoder.metrics = ServiceMetrics(
             getattr(self.runtime_args, "metrics_registry", None), self.tracer, _model_info(self.options, self.encoder)
         )
-        # Without overlap (cpu), concurrent requests only contend: take them one at a time, as Jina does
-        # for sync endpoints (benchmarks/RESULTS_SMALL.md).
-        self._one_at_a_time = None if self.encoder.overlaps else asyncio.Lock()
+        # Without overlap (cpu), concurrent batches only contend for the cores: one at a time; on cuda two, so that
+        # the next one decodes while the model runs this one (benchmarks/RESULTS_SMALL.md).
+        self.batcher = self._batcher(self._embed_batch, 2 if self.encoder.overlaps else 1, self.encoder.metrics)
 
     __init__.__signature__ = _with_option_keywords(_OptionsExecutor.__init__)
 
@@ -128,25 +153,30 @@ class CLIPImageEncoder(_OptionsExecutor):
         requests in flight are answered first (`shutdown`).
         """
         options = self._request_options(parameters or {})
-        with self.monitor("encode_seconds", "Time to embed the Documents of one request"):
-            await self._in_flight.answer(self._encode_documents, docs, options, one_at_a_time=self._one_at_a_time)
-        return docs
-
-    def _encode_documents(self, docs: DocList[ImageDocument], options: EncoderOptions) -> None:
+        self.encoder.check_request(options)
         todo = [
             (index, doc)
             for index, doc in enumerate(docs)
             if (doc.embedding is None or options.overwrite_embeddings) and not _is_text_query(doc)
         ]
-        self._write_results(todo, self.encoder.encode((_image_item(doc, options.rotation) for _, doc in todo), options))
+        with self.monitor("encode_seconds", "Time to embed the Documents of one request"):
+            items = [_image_item(doc, options.rotation) for _, doc in todo]
+            await self._embed_joined(todo, items, (options.preprocessing, options.batch_size), options)
         if not options.keep_image_data:
             for doc in docs:
                 doc.bytes_ = None
                 doc.tensor = None
+        return docs
+
+    def _embed_batch(self, key: tuple[str, int], items: list[ImageItem]) -> list[EncodeResult]:
+        """One joined batch, on a worker thread: raw float32 embeddings; each request shapes its own part."""
+        preprocessing, batch_size = key
+        raw = dataclasses.replace(self.options, preprocessing=preprocessing, batch_size=batch_size)
+        return list(self.encoder.encode(items, dataclasses.replace(raw, **RAW_OUTPUT)))
 
     def close(self) -> None:
-        self.encoder.close()
         super().close()
+        self.encoder.close()
 
 
 def _model_info(options: EncoderOptions, encoder: ImageEncoder) -> dict[str, str]:
@@ -197,8 +227,8 @@ class CLIPTextEncoder(_OptionsExecutor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.encoder = TextEncoder.from_pretrained(self.options.pretrained_model_name_or_path, self.options.device)
-        # One model, called from worker threads: one request at a time keeps them from contending.
-        self._one_at_a_time = asyncio.Lock()
+        # One model, called from a worker thread: one joined batch at a time keeps them from contending.
+        self.batcher = self._batcher(self._embed_batch, 1)
 
     __init__.__signature__ = _with_option_keywords(_OptionsExecutor.__init__, TEXT_ENCODER_OPTIONS)
 
@@ -213,9 +243,7 @@ class CLIPTextEncoder(_OptionsExecutor):
         """
         options = self._request_options(parameters or {})
         with self.monitor("encode_seconds", "Time to embed the Documents of one request"):
-            await self._in_flight.answer(
-                self._encode_documents, list(enumerate(docs)), options, one_at_a_time=self._one_at_a_time
-            )
+            await self._embed_texts(list(enumerate(docs)), options)
         return docs
 
     async def encode_text_queries(
@@ -225,19 +253,23 @@ class CLIPTextEncoder(_OptionsExecutor):
         embed the Documents that are a text query; leave the others as they are."""
         options = self._request_options(parameters or {})
         queries = [(index, doc) for index, doc in enumerate(docs) if _is_pending_text_query(doc)]
-        if queries:
-            await self._in_flight.answer(self._encode_documents, queries, options, one_at_a_time=self._one_at_a_time)
+        await self._embed_texts(queries, options)
         return docs
 
     async def pass_images_on(self, docs: DocList[ImageDocument], **kwargs: Any) -> DocList[ImageDocument]:
         """In the search Flow, ``/index`` carries images for the indexer: nothing for a text tower to do."""
         return docs
 
-    def _encode_documents(self, indexed_docs: list[tuple[int, Any]], options: EncoderOptions) -> None:
-        results = self.encoder.encode(
-            [doc.text for _, doc in indexed_docs], options.batch_size, OutputOptions.from_options(options)
-        )
-        self._write_results(indexed_docs, results)
+    async def _embed_texts(self, indexed_docs: list[tuple[int, Any]], options: EncoderOptions) -> None:
+        await self._embed_joined(indexed_docs, [doc.text for _, doc in indexed_docs], options.batch_size, options)
+
+    def _embed_batch(self, batch_size: int, texts: list[object]) -> list[EncodeResult]:
+        """One joined batch of texts, on a worker thread: raw float32 embeddings (or each text's error)."""
+        return self.encoder.encode(texts, batch_size)
+
+
+RAW_OUTPUT = {"normalize": False, "quantize": False, "embed_dim": 0, "output_dtype": "float32"}
+"""The output options of a joined batch: the model's own float32; `apply_to_results` gives each request its own."""
 
 
 def _is_pending_text_query(doc: ImageDocument) -> bool:

@@ -42,6 +42,18 @@ class ServiceMetrics(PipelineMetrics):
         )
         info = Gauge("clip_encoder_model_info", "The served model (value 1)", list(model_info), registry=registry)
         info.labels(**model_info).set(1)
+        self._queue_seconds = Histogram(
+            "clip_encoder_queue_seconds", "Time a request waited for the joined batch that took it", registry=registry
+        )
+        self._joined_requests = Histogram(
+            "clip_encoder_joined_requests", "Requests per joined batch", buckets=BATCH_SIZE_BUCKETS, registry=registry
+        )
+        self._joined_documents = Histogram(
+            "clip_encoder_joined_documents", "Inputs per joined batch", buckets=BATCH_SIZE_BUCKETS, registry=registry
+        )
+        self._overloaded = Counter(
+            "clip_encoder_overloaded", "Requests refused because the queue was full", registry=registry
+        )
 
     def trace_context(self) -> Any:
         return otel_context.get_current() if self._tracer is not None else None
@@ -72,3 +84,16 @@ class ServiceMetrics(PipelineMetrics):
             self._failed.labels(result.reason).inc()
         else:
             self._embedded.inc()
+
+    def queue_wait(self, seconds: float) -> None:
+        if self._prometheus:
+            self._queue_seconds.observe(seconds)
+
+    def joined(self, requests: int, documents: int) -> None:
+        if self._prometheus:
+            self._joined_requests.observe(requests)
+            self._joined_documents.observe(documents)
+
+    def overloaded(self) -> None:
+        if self._prometheus:
+            self._overloaded.inc()

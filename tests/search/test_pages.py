@@ -270,7 +270,9 @@ def test_write_page_names_a_path_it_cannot_write(tmp_path):
 
 def load_screenshot_tool() -> ModuleType:
     """docs/screenshot.py, which holds the one way this project starts Chromium."""
-    spec = importlib.util.spec_from_file_location("screenshot", Path(__file__).resolve().parents[2] / "docs" / "screenshot.py")
+    spec = importlib.util.spec_from_file_location(
+        "screenshot", Path(__file__).resolve().parents[2] / "docs" / "screenshot.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
