@@ -176,17 +176,22 @@ def descendant_pids_of(root: int) -> set[int]:
     return found
 
 
-def peak_rss_mb(pids: set[int]) -> float:
-    """Largest VmHWM (peak resident memory) among these processes."""
-    peak = 0
+def status_mb(pids: set[int], field: str = "VmHWM", combine=max) -> float:
+    """A memory field of ``/proc/PID/status`` over these processes, in MB: by default the largest peak (VmHWM)."""
+    values = [0]
     for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
+                if line.startswith(f"{field}:"):
+                    values.append(int(line.split()[1]))
         except OSError:
             pass
-    return peak / 1024
+    return combine(values) / 1024
+
+
+def peak_rss_mb(pids: set[int]) -> float:
+    """Largest VmHWM (peak resident memory) among these processes."""
+    return status_mb(pids)
 
 
 MIN_IMAGES = 64

@@ -53,6 +53,7 @@ from throughput import (  # noqa: E402
     peak_rss_mb,
     percentile,
     source_photos,
+    status_mb,
 )
 from tiny_clip import byte_level_tokenizer  # noqa: E402
 
@@ -275,15 +276,8 @@ def reference_embeddings(port: int, photos: list[bytes]) -> list[np.ndarray]:
 
 
 def current_rss_mb(pids: set[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
+    """The resident memory of these processes now, summed."""
+    return status_mb(pids, "VmRSS", sum)
 
 
 def soak_report(args: argparse.Namespace, outcome: Outcome, samples: list[tuple[float, float]]) -> list[str]:

@@ -136,7 +136,8 @@ class EncoderOptions:
     max_queued_documents: int = option(
         1024,
         "Documents that may wait for the model at once; a request that would pass it is refused at once with an "
-        "'overloaded, retry later' error, so memory stays bounded and the queued requests are still answered.",
+        "'overloaded, retry later' error, so memory stays bounded and the queued requests are still answered (an empty "
+        "queue takes any request).",
         minimum=1,
         serving_only=True,
         text_encoder=True,

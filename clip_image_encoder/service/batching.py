@@ -14,6 +14,8 @@ of one input runs at a fraction of a full batch's throughput (a quarter on cpu, 
   so that the next batch decodes while the model runs this one;
 - the queue is bounded by ``max_queued`` inputs: past it a request is refused at once with an
   `OverloadedError` (retry later), so memory stays bounded and the queued requests are still answered.
+  An empty queue takes any request, however large (its inputs are in memory already): none is refused
+  for ever.
 
 Each request gets back one result per input, in its order; an input's error stays its own, and an
 exception of a whole batch (a bug) fails the requests of that batch only.
@@ -77,7 +79,7 @@ class RequestBatcher:
         requests may share a batch, ``batch_size`` how many inputs it holds at most."""
         if not inputs:
             return []
-        if self.queued + len(inputs) > self.max_queued:
+        if self.queued and self.queued + len(inputs) > self.max_queued:
             self.metrics.overloaded()
             raise OverloadedError(
                 f"overloaded: {self.queued} inputs are already queued and this request brings {len(inputs)} "

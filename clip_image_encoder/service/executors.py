@@ -147,10 +147,10 @@ class CLIPImageEncoder(_OptionsExecutor):
     ) -> DocList[ImageDocument]:
         """Write ``embedding`` (or ``error``) on every Document, keeping order and ids.
 
-        Async so that, on cuda, the next request decodes while the model runs; on cpu, where
-        overlapping only makes threads contend for the cores, requests are taken one at a time.
-        A bad parameter fails this request alone, with a message that names it. On a stop signal,
-        requests in flight are answered first (`shutdown`).
+        The Documents of concurrent requests join shared forward passes (`service.batching`); this request's
+        output options apply to its own. A bad parameter fails this request alone, with a message that names
+        it; a full queue refuses it at once (`OverloadedError`). On a stop signal, requests in flight and
+        queued are answered first (`shutdown`).
         """
         options = self._request_options(parameters or {})
         self.encoder.check_request(options)
@@ -171,8 +171,8 @@ class CLIPImageEncoder(_OptionsExecutor):
     def _embed_batch(self, key: tuple[str, int], items: list[ImageItem]) -> list[EncodeResult]:
         """One joined batch, on a worker thread: raw float32 embeddings; each request shapes its own part."""
         preprocessing, batch_size = key
-        raw = dataclasses.replace(self.options, preprocessing=preprocessing, batch_size=batch_size)
-        return list(self.encoder.encode(items, dataclasses.replace(raw, **RAW_OUTPUT)))
+        raw = dataclasses.replace(self.options, preprocessing=preprocessing, batch_size=batch_size, **RAW_OUTPUT)
+        return list(self.encoder.encode(items, raw))
 
     def close(self) -> None:
         super().close()

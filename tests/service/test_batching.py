@@ -161,3 +161,9 @@ def test_a_lone_client_never_waits_and_a_crowd_does():
     lone, crowd_short_of_a_batch = asyncio.run(lone_then_crowd())
     assert lone < 3 * 0.05 + 0.2  # three passes of 50 ms, no 500 ms wait
     assert crowd_short_of_a_batch >= 0.5  # concurrent clients: the pass waited for a fourth
+
+
+def test_an_empty_queue_takes_a_request_larger_than_the_bound():
+    """The bound keeps memory from growing with the queue; it must not refuse a large request for ever."""
+    batcher = RequestBatcher(echo_batches([]), wait_s=0.0, max_queued=2)
+    assert asyncio.run(batcher.submit([1, 2, 3, 4, 5], "key", 32)) == [10, 20, 30, 40, 50]
