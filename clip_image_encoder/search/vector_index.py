@@ -35,7 +35,8 @@ class VectorIndex:
         )
         recorded = self._catalog.execute("SELECT value FROM meta WHERE name = 'model'").fetchone()
         self.model_name: str | None = recorded[0] if recorded else None
-        """The checkpoint whose embeddings the index holds (`backbones.model_identity`); set by the first claim."""
+        """The checkpoint whose embeddings the index holds (`models.identity.model_identity`); set by the first
+        claim."""
         self.claim(model_name)
         vectors_path = self.folder / VECTORS_FILE
         self._vectors = faiss.read_index(str(vectors_path)) if vectors_path.exists() else None

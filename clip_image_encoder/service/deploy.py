@@ -104,7 +104,7 @@ def flow_document(
     """``deploy/flow.yml`` with the encoder's replicas and, for ``gpu``, its GPU image and one GPU each.
 
     ``shards`` (default: the flow's) splits the indexer; more than one also gets the polling and the merger
-    without which every sharded request fails (`clip_image_encoder.indexer`, `_shard`).
+    without which every sharded request fails (`service.indexer`, `_shard`).
     """
     flow = copy.deepcopy(flow)
     executors = {executor["name"]: executor for executor in flow.get("executors", [])}

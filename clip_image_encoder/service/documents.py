@@ -38,7 +38,8 @@ class ImageDocument(BaseDoc):
     embedding: AnyEmbedding | None = None
     """``(D,)`` written by the Executor: float32 (or float16, or int8 when quantised)."""
     model: str | None = None
-    """The checkpoint that wrote ``embedding`` (`backbones.model_identity`): an index takes and answers only its own."""
+    """The checkpoint that wrote ``embedding`` (`models.identity.model_identity`): an index takes and answers
+    only its own."""
     error: str | None = None
     """Why this Document got no embedding; None when it did."""
     matches: DocList[ImageMatch] = Field(default_factory=lambda: DocList[ImageMatch]())
@@ -58,6 +59,6 @@ class TextDocument(BaseDoc):
     embedding: AnyEmbedding | None = None
     """``(D,)`` float32 written by `CLIPTextEncoder`; D is the checkpoint's projection dimension, as for its images."""
     model: str | None = None
-    """The checkpoint that wrote ``embedding`` (`backbones.model_identity`)."""
+    """The checkpoint that wrote ``embedding`` (`models.identity.model_identity`)."""
     error: str | None = None
     """Why this Document got no embedding; None when it did."""

@@ -150,7 +150,7 @@ class CLIPImageEncoder(_OptionsExecutor):
         The Documents of concurrent requests join shared forward passes (`service.batching`); this request's
         output options apply to its own. A bad parameter fails this request alone, with a message that names
         it; a full queue refuses it at once (`OverloadedError`). On a stop signal, requests in flight and
-        queued are answered first (`shutdown`).
+        queued are answered first (`service.shutdown`).
         """
         options = self._request_options(parameters or {})
         self.encoder.check_request(options)

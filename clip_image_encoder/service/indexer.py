@@ -42,7 +42,7 @@ class ImageIndexer(Executor):
     """Persists embeddings in a `VectorIndex` folder; the encoder in front of it fills ``embedding``.
 
     Every ``/index`` request is on disk before it is answered, and a stop waits for the requests in
-    flight (`shutdown`), so nothing indexed is lost.
+    flight (`service.shutdown`), so nothing indexed is lost.
     """
 
     def __init__(self, db: str = "index", stop_timeout_s: int = 25, *args: Any, **kwargs: Any) -> None:
