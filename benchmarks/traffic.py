@@ -188,14 +188,18 @@ def measure(system: TreeExecutor, load: Load, modality: str, photos: list[bytes]
 
 
 def compare(args: argparse.Namespace, model_dir: Path, photos: list[bytes]) -> list[str]:
-    trees = {f"batching off ({args.compare_tree.name})": args.compare_tree, "batching on (this tree)": HERE.parent}
+    on = f"batching on, max_queued_documents={args.max_queued}" if args.max_queued else "batching on (this tree)"
+    trees = {f"batching off ({args.compare_tree.name})": args.compare_tree, on: HERE.parent}
     uses_with = {"pretrained_model_name_or_path": str(model_dir), "device": args.device}
+    ours = {on: {"max_queued_documents": args.max_queued}} if args.max_queued else {}
     rows: dict[tuple[str, str, str], list[dict]] = {}
     port = 53000 + (os.getpid() % 400) * 4
     for modality, config in (("image", "config.yml"), ("text", "text_config.yml")):
         with contextlib.ExitStack() as stack:  # both systems serve at once and take turns, idle while the other runs
             served = {
-                label: stack.enter_context(TreeExecutor(tree, uses_with, 32, port + offset, config=config))
+                label: stack.enter_context(
+                    TreeExecutor(tree, {**uses_with, **ours.get(label, {})}, 32, port + offset, config=config)
+                )
                 for offset, (label, tree) in enumerate(trees.items())
             }
             for round_number, load in itertools.product(range(args.rounds), loads(args.clients)):
@@ -316,6 +320,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=96, help="single-input requests per measurement (at least)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--max-queued", type=int, help="this tree's max_queued_documents (to see the overload refusal at work)"
+    )
     parser.add_argument("--soak", action="store_true")
     parser.add_argument("--soak-requests", type=int, default=10_000)
     parser.add_argument("--soak-clients", type=int, default=16)
