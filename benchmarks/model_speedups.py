@@ -38,7 +38,6 @@ from sklearn.datasets import load_sample_images
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from clip_image_encoder.images.preprocessing import PreprocessConfig, Preprocessor
-from clip_image_encoder.models.backends.onnx import load_onnx
 from clip_image_encoder.models.export import export_model
 from clip_image_encoder.models.loading import load_model
 
@@ -162,7 +161,7 @@ def main() -> None:
     CLIPImageProcessorPil().save_pretrained(folder)
     onnx_folder = folder.parent / "onnx"
     export_model(load_model(str(folder), device="cpu", dtype="float32"), "onnx", onnx_folder)
-    onnx = load_onnx(str(onnx_folder), torch.device("cpu"))
+    onnx = load_model(str(onnx_folder), device="cpu", backend="onnx")
     variants["onnxruntime, exported ONNX (backend: onnx)"] = onnx.forward
 
     with torch.inference_mode():

@@ -1,6 +1,6 @@
 """Fault drill: SIGKILL one encoder replica in the middle of a stream of requests.
 
-A Flow of the encoder with 2 replicas (`clip_image_encoder.serving.build_flow`, what ``serve
+A Flow of the encoder with 2 replicas (`clip_image_encoder.service.flow.build_flow`, what ``serve
 --replicas 2`` runs) answers a stream of requests from several clients; after a third of them, one
 replica's process is killed with SIGKILL. Then it checks and prints: every Document answered once
 (none lost, none twice), each embedding equal to the in-process encoder's for its image, requests

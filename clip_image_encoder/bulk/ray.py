@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.fs as pafs
 
 from clip_image_encoder.config.options import EncoderOptions
 from clip_image_encoder.encoding.images import EncodeResult, ImageEncoder, ImageItem
@@ -35,6 +33,9 @@ from clip_image_encoder.errors import EmbeddingError, MissingExtraError, ModelNo
 from clip_image_encoder.extras import require
 from clip_image_encoder.images.listing import is_hidden
 from clip_image_encoder.models.devices import wants_cuda
+
+pa = require("pyarrow", "ray", "the ray engine")  # the ray extra brings it
+pafs = require("pyarrow.fs", "ray", "the ray engine")
 
 if TYPE_CHECKING:
     from types import ModuleType

@@ -135,9 +135,9 @@ class EncoderOptions:
     )
     max_queued_documents: int = option(
         1024,
-        "Documents that may wait for the model at once; a request that would pass it is refused at once with an "
-        "'overloaded, retry later' error, so memory stays bounded and the queued requests are still answered (an empty "
-        "queue takes any request).",
+        "Documents that may wait for the model; once that many wait, a request is refused at once with an "
+        "'overloaded, retry later' error, so memory stays bounded and the queued requests are still answered "
+        "(below it, a request of any size is taken).",
         minimum=1,
         serving_only=True,
         text_encoder=True,

@@ -1,6 +1,6 @@
 """Near-duplicate groups: every pair of indexed images at least ``threshold`` alike, joined into groups.
 
-Pairs come from an exact range search in the index (`VectorIndex.similar_pairs`); a group is a
+Pairs come from an exact range search in the index (`similar_pairs`); a group is a
 connected component of the graph those pairs draw, so an edited copy of an edited copy joins its
 original's group. Each group lists its most original-looking member first: the most pixels
 (copies are usually crops or downscales), then the most bytes per pixel (least compressed), then

@@ -12,10 +12,10 @@ of one input runs at a fraction of a full batch's throughput (a quarter on cpu, 
   waits, and a crowd fills the batch, mostly while the model is busy with the one before;
 - ``concurrency`` batches run at once: 1 on cpu, where the model already takes every core; 2 on cuda,
   so that the next batch decodes while the model runs this one;
-- the queue is bounded by ``max_queued`` inputs: past it a request is refused at once with an
+- the queue is bounded: once ``max_queued`` inputs wait, a request is refused at once with an
   `OverloadedError` (retry later), so memory stays bounded and the queued requests are still answered.
-  An empty queue takes any request, however large (its inputs are in memory already): none is refused
-  for ever.
+  Below the bound a request is taken whatever its size (its inputs are in memory already), so a large
+  request is never refused for ever; a cancelled request leaves the queue.
 
 Each request gets back one result per input, in its order; an input's error stays its own, and an
 exception of a whole batch (a bug) fails the requests of that batch only.
@@ -24,6 +24,7 @@ exception of a whole batch (a bug) fails the requests of that batch only.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -44,6 +45,9 @@ class _Request:
     inputs: Sequence[Any]
     future: asyncio.Future
     queued_at: float = field(default_factory=time.perf_counter)
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    """The submitter's context (its trace span): the batch it leads runs in it, so the spans of the pass are
+    the request's children, not the children of whichever request started the consumer."""
 
 
 class RequestBatcher:
@@ -70,6 +74,7 @@ class RequestBatcher:
         self._concurrency = concurrency
         self._consumer: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
+        self._closed = False
         self._last_joined = 0
         """Requests in the last batch: more than one means concurrent clients, whose next requests are worth
         waiting for."""
@@ -79,23 +84,31 @@ class RequestBatcher:
         requests may share a batch, ``batch_size`` how many inputs it holds at most."""
         if not inputs:
             return []
-        if self.queued and self.queued + len(inputs) > self.max_queued:
-            self.metrics.overloaded()
-            raise OverloadedError(
-                f"overloaded: {self.queued} inputs are already queued and this request brings {len(inputs)} "
-                f"(max_queued_documents={self.max_queued}); retry later, or add replicas"
-            )
         self._start()
+        if self._closed or self.queued >= self.max_queued:
+            self.metrics.overloaded()
+            reason = "stopping" if self._closed else f"{self.queued} inputs are already queued"
+            raise OverloadedError(
+                f"overloaded: {reason} (max_queued_documents={self.max_queued}); retry later, or add replicas"
+            )
         request = _Request(key, batch_size, inputs, asyncio.get_running_loop().create_future())
         self._pending.append(request)
         self.queued += len(inputs)
         self._arrived.set()
-        return await request.future
+        try:
+            return await request.future
+        except asyncio.CancelledError:  # the client went away: its inputs leave the queue, if still there
+            if request in self._pending:
+                self._pending.remove(request)
+                self.queued -= len(inputs)
+            raise
 
     def _start(self) -> None:
         """The consumer, on the serving event loop, from the first request (again on a new loop: each
         ``asyncio.run`` of a caller that drives the Executor itself has one)."""
         if self._consumer is None or self._consumer.get_loop() is not asyncio.get_running_loop():
+            self._pending.clear()  # a finished loop's requests are long answered
+            self.queued = 0
             self._arrived = asyncio.Event()
             self._slots = asyncio.Semaphore(self._concurrency)
             self._consumer = asyncio.get_running_loop().create_task(self._consume())
@@ -110,7 +123,7 @@ class RequestBatcher:
             await self._gather(first)
             batch = self._take(first.key, first.batch_size)
             self._last_joined = len(batch)
-            task = asyncio.get_running_loop().create_task(self._run(batch))
+            task = asyncio.get_running_loop().create_task(self._run(batch), context=batch[0].context)
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -168,7 +181,9 @@ class RequestBatcher:
             self._slots.release()
 
     def close(self) -> None:
-        """Stop taking batches (from any thread); requests still queued, none after a graceful stop's drain, fail."""
+        """Stop taking batches (from any thread): later requests are refused; those still queued (none after a
+        graceful stop's drain) fail."""
+        self._closed = True
         if self._consumer is None or self._consumer.get_loop().is_closed():
             return
         self._consumer.get_loop().call_soon_threadsafe(self._stop)
@@ -179,3 +194,4 @@ class RequestBatcher:
             if not request.future.done():
                 request.future.set_exception(OverloadedError("the encoder is stopping; retry on another replica"))
         self._pending.clear()
+        self.queued = 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from clip_image_encoder.extras import require
 from clip_image_encoder.images.preprocessing import PreprocessConfig
 
 
@@ -54,7 +55,7 @@ class Augmenter(torch.nn.Module):
         upsample_to: tuple[int, int] | None = None,
     ) -> None:
         """``upsample_to``: resize the view to this size last, for a backbone that takes no other input size."""
-        import kornia.augmentation as K  # here, not at import: every command line start would pay for it
+        K = require("kornia.augmentation", "train", "training")  # here, not at import: a start would pay for it
 
         super().__init__()
         self.size, self.upsample_to = size, upsample_to

@@ -41,11 +41,13 @@ class TrainConfig:
         "negatives and correlations of a loss still come from one batch).",
         minimum=1,
     )
-    learning_rate: float = option(1e-3, "AdamW learning rate of the method's head (projection, prototypes).")
+    learning_rate: float = option(1e-3, "AdamW learning rate of the method's head (projection, prototypes).", minimum=0)
     backbone_learning_rate: float = option(
-        1e-5, "AdamW learning rate of the backbone: small, so that fine-tuning adapts what it knows, not erases it."
+        1e-5,
+        "AdamW learning rate of the backbone: small, so that fine-tuning adapts what it knows, not erases it.",
+        minimum=0,
     )
-    weight_decay: float = option(1e-4, "AdamW weight decay.")
+    weight_decay: float = option(1e-4, "AdamW weight decay.", minimum=0)
     seed: int = option(0, "Seed of the head's initialisation, the image order and the augmentations.")
     amp: bool = option(True, "Mixed precision on cuda (bfloat16 where supported, else float16 with loss scaling).")
     resume: bool = option(False, "Continue from the checkpoint in --out (written after every epoch).")

@@ -92,7 +92,7 @@ def test_a_full_queue_refuses_a_request_at_once_and_answers_the_queued(tiny_mode
         encoder.close()
     assert all(doc.error is None for doc in answered)
     assert isinstance(overloaded, OverloadedError)
-    assert "overloaded: 3 inputs are already queued" in str(overloaded) and "retry later" in str(overloaded)
+    assert "overloaded: 3 inputs are already queued (max_queued_documents=3); retry later" in str(overloaded)
     samples = {
         sample.name: sample.value
         for family in text_string_to_metric_families(generate_latest(registry).decode())
@@ -163,7 +163,59 @@ def test_a_lone_client_never_waits_and_a_crowd_does():
     assert crowd_short_of_a_batch >= 0.5  # concurrent clients: the pass waited for a fourth
 
 
-def test_an_empty_queue_takes_a_request_larger_than_the_bound():
+def test_below_the_bound_a_request_of_any_size_is_taken():
     """The bound keeps memory from growing with the queue; it must not refuse a large request for ever."""
     batcher = RequestBatcher(echo_batches([]), wait_s=0.0, max_queued=2)
-    assert asyncio.run(batcher.submit([1, 2, 3, 4, 5], "key", 32)) == [10, 20, 30, 40, 50]
+
+    async def one_queued_then_a_large_one():
+        return await asyncio.gather(batcher.submit([1], "key", 32), batcher.submit([2, 3, 4, 5], "key", 32))
+
+    assert asyncio.run(one_queued_then_a_large_one()) == [[10], [20, 30, 40, 50]]
+
+
+def test_a_cancelled_request_leaves_the_queue():
+    batcher = RequestBatcher(echo_batches([]), wait_s=0.0, max_queued=100)
+
+    async def cancel_one():
+        running = asyncio.ensure_future(batcher.submit([1], "key", 32))
+        await asyncio.sleep(0.01)  # the model is busy with it
+        gone = asyncio.ensure_future(batcher.submit([2, 3], "key", 32))
+        await asyncio.sleep(0)
+        queued_before = batcher.queued
+        gone.cancel()
+        await asyncio.sleep(0)
+        return await running, queued_before, batcher.queued
+
+    assert asyncio.run(cancel_one()) == ([10], 2, 0)
+
+
+def test_a_closed_batcher_refuses_new_requests():
+    batcher = RequestBatcher(echo_batches([]), wait_s=0.0, max_queued=100)
+    batcher.close()
+    with pytest.raises(OverloadedError, match="overloaded: stopping"):
+        asyncio.run(batcher.submit([1], "key", 32))
+
+
+def test_a_batch_runs_in_the_context_of_the_request_that_leads_it():
+    """Trace spans of a pass are children of a request's own span, not of whichever request came first."""
+    import contextvars
+
+    caller = contextvars.ContextVar("caller", default=None)
+    seen: list[str] = []
+
+    def run(key, inputs):
+        seen.append(caller.get())
+        return inputs
+
+    batcher = RequestBatcher(run, wait_s=0.0, max_queued=100)
+
+    async def as_caller(name: str) -> list:
+        caller.set(name)
+        return await batcher.submit([name], "key", 32)
+
+    async def one_after_the_other():
+        await asyncio.create_task(as_caller("first"))
+        await asyncio.create_task(as_caller("second"))
+
+    asyncio.run(one_after_the_other())
+    assert seen == ["first", "second"]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clip_image_encoder.extras import require
 from clip_image_encoder.images.preprocessing import PreprocessConfig
 from clip_image_encoder.models.network import EmbeddingModel, Network, export_example, exportable
 
@@ -51,6 +52,8 @@ def load(source: str, device: torch.device, dtype: torch.dtype, hub_kwargs: dict
 
 def export(model: EmbeddingModel, target: Path) -> None:
     """``(N, 3, H, W)`` float32 in, ``(N, D)`` float32 out, the batch dimension dynamic."""
+    for module in ("onnx", "onnxscript"):  # torch.onnx's exporter imports them as it goes
+        require(module, "export", "export --format onnx")
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(
             exportable(model),
