@@ -90,13 +90,13 @@ class Outcome:
     inputs: int = 0
 
 
-def run_clients(
-    port: int,
-    clients: int,
-    requests: int,
-    make_docs: Callable[[int], DocList],
-    check: Callable[[DocList, DocList], str],
-) -> Outcome:
+MakeDocs = Callable[[int], DocList]
+"""Request number -> the Documents it sends."""
+Check = Callable[[DocList, DocList], str]
+"""(sent, answer) -> what is wrong with the answer, or ""."""
+
+
+def run_clients(port: int, clients: int, requests: int, make_docs: MakeDocs, check: Check) -> Outcome:
     """``clients`` clients, each its own asyncio Jina client, share ``requests`` requests; every answer is checked.
 
     Asyncio clients on one event loop, not threads: Jina's synchronous ``Client.post`` called from several
@@ -106,13 +106,7 @@ def run_clients(
     return asyncio.run(_crowd(port, clients, requests, make_docs, check))
 
 
-async def _crowd(
-    port: int,
-    clients: int,
-    requests: int,
-    make_docs: Callable[[int], DocList],
-    check: Callable[[DocList, DocList], str],
-) -> Outcome:
+async def _crowd(port: int, clients: int, requests: int, make_docs: MakeDocs, check: Check) -> Outcome:
     outcome, counter = Outcome(), iter(range(requests))
 
     async def client_loop() -> None:
