@@ -38,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -54,13 +53,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 from docarray import DocList
-from jina import Client, Flow
+from jina import Flow
 from PIL import Image
 from skimage import data as skimage_data
 from sklearn.datasets import load_sample_images
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from crowd import all_embedded, run_clients
 from seed_executor import SeedStyleEncoder
 
 from clip_image_encoder.config.options import EncoderOptions
@@ -264,35 +264,22 @@ class TreeExecutor:
 
 
 def measure_served(port: int, batch_size: int, pids: set[int], photos: list[bytes], clients: int) -> dict:
-    """Each client thread posts requests of ``batch_size`` photos; images/s over the wall time of all."""
-    requests_per_client = max(1, math.ceil(MIN_IMAGES / (clients * batch_size)))
-    latencies: list[float] = []
-    lock = threading.Lock()
+    """``clients`` concurrent clients (`crowd.run_clients`) post requests of ``batch_size`` photos; images/s over
+    the wall time of all."""
+    requests = clients * max(1, math.ceil(MIN_IMAGES / (clients * batch_size)))
 
-    def client_loop(offset: int, requests: int = requests_per_client) -> None:
-        client = Client(host="127.0.0.1", port=port)
-        for r in range(requests):
-            start = (offset * requests_per_client + r) * batch_size
-            chosen = [photos[(start + k) % len(photos)] for k in range(batch_size)]
-            docs = DocList[ImageDocument]([ImageDocument(bytes_=b) for b in chosen])
-            began = time.perf_counter()
-            answer = client.post("/", inputs=docs, request_size=batch_size, return_type=DocList[ImageDocument])
-            elapsed = time.perf_counter() - began
-            assert all(doc.embedding is not None for doc in answer), [doc.error for doc in answer]
-            with lock:
-                latencies.append(elapsed)
+    def make_docs(number: int) -> DocList:
+        chosen = [photos[(number * batch_size + k) % len(photos)] for k in range(batch_size)]
+        return DocList[ImageDocument]([ImageDocument(bytes_=data) for data in chosen])
 
-    client_loop(0, requests=1)  # warm-up: a first request pays for lazy initialisation
-    latencies.clear()
-    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
-    began = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - began
-    images = clients * requests_per_client * batch_size
-    return {"images_per_s": images / wall, "latencies": latencies, "rss_mb": peak_rss_mb(pids)}
+    run_clients(port, 1, 1, make_docs, all_embedded)  # warm-up: a first request pays for lazy initialisation
+    outcome = run_clients(port, clients, requests, make_docs, all_embedded)
+    assert not outcome.errors and not outcome.refused, outcome.errors[:3]
+    return {
+        "images_per_s": outcome.inputs / outcome.wall_s,
+        "latencies": outcome.latencies,
+        "rss_mb": peak_rss_mb(pids),
+    }
 
 
 def fast_mode_drift(model_dir: Path, photos: list[bytes]) -> dict:

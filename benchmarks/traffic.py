@@ -24,7 +24,6 @@ a GPU.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import itertools
 import os
@@ -34,8 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +45,7 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
+from crowd import Outcome, all_embedded, run_clients  # noqa: E402
 from throughput import (  # noqa: E402
     SMALL,
     TreeExecutor,
@@ -77,71 +76,6 @@ def make_clip_b32(folder: Path) -> Path:
     tokenizer.save_pretrained(folder)
     CLIPImageProcessorPil().save_pretrained(folder)
     return folder
-
-
-@dataclass
-class Outcome:
-    latencies: list[float] = field(default_factory=list)
-    refused: int = 0
-    """Requests answered with the "overloaded, retry" refusal."""
-    errors: list[str] = field(default_factory=list)
-    """Anything else that went wrong: a Document without its embedding, a failed request."""
-    wall_s: float = 0.0
-    inputs: int = 0
-
-
-MakeDocs = Callable[[int], DocList]
-"""Request number -> the Documents it sends."""
-Check = Callable[[DocList, DocList], str]
-"""(sent, answer) -> what is wrong with the answer, or ""."""
-
-
-def run_clients(port: int, clients: int, requests: int, make_docs: MakeDocs, check: Check) -> Outcome:
-    """``clients`` clients, each its own asyncio Jina client, share ``requests`` requests; every answer is checked.
-
-    Asyncio clients on one event loop, not threads: Jina's synchronous ``Client.post`` called from several
-    threads sends one request at a time (measured: 8 threads posting to an Executor that sleeps 0.5 s took
-    4.1 s; 8 asyncio clients 0.5 s), which would measure a queue of one client, not a crowd.
-    """
-    return asyncio.run(_crowd(port, clients, requests, make_docs, check))
-
-
-async def _crowd(port: int, clients: int, requests: int, make_docs: MakeDocs, check: Check) -> Outcome:
-    outcome, counter = Outcome(), iter(range(requests))
-
-    async def client_loop() -> None:
-        client = Client(host="127.0.0.1", port=port, asyncio=True)
-        while (number := next(counter, None)) is not None:
-            docs = make_docs(number)
-            began = time.perf_counter()
-            try:
-                answers = [
-                    answer
-                    async for answer in client.post("/", inputs=docs, request_size=len(docs), return_type=type(docs))
-                ]
-            except Exception as exc:  # the client raises what the Executor raised
-                if "overloaded" in str(exc):
-                    outcome.refused += 1
-                else:
-                    outcome.errors.append(f"request {number}: {exc}")
-                continue
-            outcome.latencies.append(time.perf_counter() - began)
-            outcome.inputs += len(docs)
-            answer = type(docs)([doc for part in answers for doc in part])
-            if problem := check(docs, answer):
-                outcome.errors.append(f"request {number}: {problem}")
-
-    began = time.perf_counter()
-    await asyncio.gather(*(client_loop() for _ in range(clients)))
-    outcome.wall_s = time.perf_counter() - began
-    return outcome
-
-
-def all_embedded(sent: DocList, answer: DocList) -> str:
-    if [doc.id for doc in answer] != [doc.id for doc in sent]:
-        return "ids or order changed"
-    missing = [doc.error for doc in answer if doc.embedding is None]
-    return f"{len(missing)} without embedding: {missing[:1]}" if missing else ""
 
 
 @dataclass(frozen=True)
