@@ -12,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # (the in-process Executor fixture) can deadlock the child, so spawn instead.
 os.environ.setdefault("JINA_MP_START_METHOD", "spawn")
 
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +116,23 @@ def photo_folder(tmp_path: Path, photos) -> Path:
     (folder / "broken.jpg").write_bytes(truncated[: len(truncated) // 2])
     (folder / ".hidden.jpg").write_bytes(b"ignored")
     return folder
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Milvus standalone server (PyPI's ``milvus``) on 127.0.0.1 for the whole session, killed by its pid."""
+    from milvus_server import milvus_server
+
+    with milvus_server(tmp_path_factory.mktemp("milvus")) as uri:
+        yield uri
+
+
+_collections = itertools.count()
+
+
+@pytest.fixture(params=["embedded", "milvus"])
+def store_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new store's ``--db`` on each side: a folder, and a fresh collection of the session's Milvus server."""
+    if request.param == "embedded":
+        return str(tmp_path / "index")
+    return f"{request.getfixturevalue('milvus_uri')}/test_{next(_collections)}_{os.getpid()}"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clip_image_encoder.cli.index import add_index_argument, print_skipped
 from clip_image_encoder.config.flags import add_arguments, parsed_options
 from clip_image_encoder.config.options import FOLDER_OPTIONS, EncoderOptions
 from clip_image_encoder.errors import OptionError
@@ -30,7 +31,9 @@ class Found:
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("duplicates", help="groups of near-duplicate images, the most original first")
     parser.add_argument("data", nargs="?", help="folder of images (searched recursively)")
-    parser.add_argument("--db", help="index folder: reuse it (without DATA), or add DATA to it and keep it")
+    parser.add_argument(
+        "--db", help="vector store (a folder, or http://HOST:19530): reuse it (without DATA), or add DATA to it"
+    )
     parser.add_argument(
         "--threshold",
         type=float,
@@ -41,6 +44,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", help="also write the groups to a .csv or .json file")
     parser.add_argument("--html", help="also write the groups as one self-contained page with thumbnails")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_index_argument(parser)
     add_arguments(parser, FOLDER_OPTIONS)
     parser.set_defaults(handler=run)
 
@@ -69,26 +73,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _find(args: argparse.Namespace, options: EncoderOptions) -> Found:
+    from clip_image_encoder.bulk.run import BulkRun, index_folder
     from clip_image_encoder.search.duplicates import find_duplicates
-    from clip_image_encoder.search.indexing import (
-        default_threshold,
-        empty_index_message,
-        index_images,
-        open_index,
-        require_index,
-    )
+    from clip_image_encoder.search.indexing import default_threshold, empty_index_message, open_index, require_index
 
     if args.data is None:
         require_index(args.db)
     with tempfile.TemporaryDirectory(prefix="duplicates-") as scratch:
-        db = Path(args.db or scratch)
+        db = args.db or scratch
         model = model_identity(options.pretrained_model_name_or_path) if args.data is not None else None
         threshold = args.threshold
         if threshold is None and model is not None:  # before embedding the folder: fail fast without a default
             threshold = default_threshold(model)
-        with open_index(db, model) as index:
+        with open_index(db, model, args.index) as index:
             if args.data is not None:
-                index_images(Path(args.data).resolve(), index, options, args.quiet)
+                folder = BulkRun(str(Path(args.data).resolve()), options, progress=not args.quiet)
+                print_skipped(index_folder(folder, index))
             if len(index) == 0:
                 raise OptionError(empty_index_message(db) if args.data is None else f"{args.data} holds no image")
             threshold = threshold if threshold is not None else default_threshold(index.model_name)

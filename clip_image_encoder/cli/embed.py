@@ -21,6 +21,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="keep an existing output and embed only the missing files"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_arguments(parser)
+    add_arguments(parser, FOLDER_OPTIONS)
+    parser.set_defaults(handler=run)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The engine's flags, which ``embed`` and ``index`` share."""
     parser.add_argument(
         "--engine",
         choices=tuple(ENGINES),
@@ -35,8 +42,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=1,
         help="ray engine: CPUs reserved for each actor, also its torch threads unless --num-threads is set",
     )
-    add_arguments(parser, FOLDER_OPTIONS)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
     clip-image-encoder embed DATA --out FILE --format csv|lightly_csv|torch|npy|parquet
     clip-image-encoder similarity A.jpg B.jpg
-    clip-image-encoder index DATA --db DIR
+    clip-image-encoder index DATA --db DIR|http://HOST:19530 [--engine ray] [--resume] [--index IVF_FLAT]
+    clip-image-encoder delete KEY... --db DIR|http://HOST:19530
     clip-image-encoder search QUERY.jpg --db DIR -k 10 [--html PAGE.html]
     clip-image-encoder search --text "a red bicycle" --db DIR
     clip-image-encoder duplicates DATA | --db DIR [--threshold T] [--out groups.csv|json] [--html PAGE.html]
@@ -11,7 +12,7 @@
     clip-image-encoder export --format onnx|torchscript --out DIR
     clip-image-encoder health [--port 51000]
     clip-image-encoder options [--format yaml|markdown]
-    clip-image-encoder deploy kubernetes|docker-compose --out DIR [--gpu] [--replicas N] [--shards N]
+    clip-image-encoder deploy kubernetes|docker-compose --out DIR [--gpu] [--replicas N] [--shards N] [--db URI]
 
 Every command uses the same pipeline as the Executor, and its encoder flags come from the one
 declaration of the options (`clip_image_encoder.config.options`). Each command is a module of this
@@ -27,6 +28,7 @@ import sys
 from collections.abc import Sequence
 
 from clip_image_encoder.cli import (
+    delete,
     deploy,
     duplicates,
     embed,
@@ -41,7 +43,7 @@ from clip_image_encoder.cli import (
 )
 from clip_image_encoder.errors import UserError
 
-COMMANDS = (embed, similarity, index, search, duplicates, export, train, serve, health, deploy, options)
+COMMANDS = (embed, similarity, index, delete, search, duplicates, export, train, serve, health, deploy, options)
 """The commands, in the order ``--help`` lists them."""
 
 

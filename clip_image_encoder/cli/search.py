@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from clip_image_encoder.cli.index import DB_HELP, add_index_argument
 from clip_image_encoder.config.flags import add_arguments, parsed_options
 from clip_image_encoder.config.options import FOLDER_OPTIONS
 from clip_image_encoder.errors import EmbeddingError, OptionError
@@ -16,9 +17,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("search", help="the indexed images most similar to a query image or text")
     parser.add_argument("query", nargs="?", help="query image file (or give --text)")
     parser.add_argument("--text", help="a text query, embedded by the text tower of --model (CLIP, SigLIP)")
-    parser.add_argument("--db", required=True)
+    parser.add_argument("--db", required=True, help=DB_HELP)
     parser.add_argument("-k", type=int, default=10, help="how many results")
     parser.add_argument("--html", help="also write the results as one self-contained page with thumbnails")
+    add_index_argument(parser)
     add_arguments(parser, FOLDER_OPTIONS)
     parser.set_defaults(handler=run)
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError('give one query: an image file, or --text "words to search for"')
     require_index(args.db)
     options = parsed_options(args)
-    with open_index(args.db) as index:
+    with open_index(args.db, index=args.index) as index:
         if len(index) == 0:
             raise OptionError(empty_index_message(args.db))
         index.check_model(model_identity(options.pretrained_model_name_or_path))  # before loading any model

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clip_image_encoder.cli.index import DB_HELP, add_index_argument
 from clip_image_encoder.config.files import DEFAULT_CONFIG, serving_options
 from clip_image_encoder.config.flags import add_arguments
 from clip_image_encoder.config.options import OPTIONS
@@ -24,9 +25,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=51000)
     parser.add_argument("--protocol", choices=("grpc", "http", "websocket"), default="grpc")
     parser.add_argument("--search", action="store_true", help="serve the search Flow: /index and /search")
-    parser.add_argument("--db", default="index", help="index folder of the search Flow")
+    parser.add_argument("--db", default="index", help=f"the search Flow's store: {DB_HELP}")
+    add_index_argument(parser)
     parser.add_argument("--replicas", type=int, default=1, help="encoder processes (they share the cores)")
-    parser.add_argument("--shards", type=int, default=1, help="parts of the search Flow's index (db/shard-N)")
+    parser.add_argument("--shards", type=int, default=1, help="parts of the search Flow's embedded store (db/shard-N)")
+    parser.add_argument(
+        "--indexer-replicas", type=int, default=1, help="stateless indexers in front of a Milvus server (--db http://)"
+    )
     parser.add_argument("--monitoring", action="store_true", help="Prometheus metrics of the encoder")
     parser.add_argument("--port-monitoring", type=int, default=9090, help="port of the encoder's /metrics")
     parser.add_argument("--tracing", action="store_true", help="OpenTelemetry spans (OTLP over gRPC)")
@@ -57,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         search=args.search,
         db=args.db,
+        index=args.index,
         replicas=args.replicas,
         shards=args.shards,
+        indexer_replicas=args.indexer_replicas,
         observability=observability,
     )
     serve_until_stopped(flow, options.stop_timeout_s)

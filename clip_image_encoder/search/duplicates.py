@@ -1,6 +1,7 @@
 """Near-duplicate groups: every pair of indexed images at least ``threshold`` alike, joined into groups.
 
-Pairs come from an exact range search in the index (`similar_pairs`); a group is a
+Pairs come from a range search in the store's own index (`VectorStore.similar_pairs`: FAISS for
+the embedded store, Milvus's range search for a server), never from a copy of every vector; a group is a
 connected component of the graph those pairs draw, so an edited copy of an edited copy joins its
 original's group. Each group lists its most original-looking member first: the most pixels
 (copies are usually crops or downscales), then the most bytes per pixel (least compressed), then
@@ -16,14 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from clip_image_encoder.encoding.outputs import l2_normalize
 from clip_image_encoder.extras import require
-from clip_image_encoder.search.vector_index import VectorIndex
+from clip_image_encoder.search.stores import VectorStore
 
 
 @dataclass(frozen=True)
@@ -103,30 +102,19 @@ def group_duplicates(
     return sorted(groups, key=lambda group: (-len(group.members), group.members[0].key))
 
 
-def similar_pairs(vectors: np.ndarray, threshold: float, batch_size: int = 1024, progress: bool = False) -> np.ndarray:
-    """Every pair of rows of l2-normalised ``vectors`` at cosine >= ``threshold``: ``(M, 2)`` positions, i < j.
+def find_duplicates(store: VectorStore, threshold: float, progress: bool = False) -> list[DuplicateGroup]:
+    """The near-duplicate groups among everything ``store`` holds, at cosine >= ``threshold``.
 
-    An exact range search (FAISS, inner product), ``batch_size`` rows at a time, so memory grows with
-    the pairs found, not with N x N.
+    Memory grows with the pairs found and the images in them, not with the store.
     """
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    flat = faiss.IndexFlatIP(vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1)
-    flat.add(vectors.reshape(len(vectors), flat.d))
-    found = [np.zeros((0, 2), np.int64)]
-    starts = range(0, len(vectors), batch_size)
-    for start in tqdm(starts, desc="comparing", unit="batch", disable=not progress):
-        rows = vectors[start : start + batch_size]
-        limits, _, positions = flat.range_search(rows, float(threshold))
-        queries = np.repeat(np.arange(start, start + len(rows)), np.diff(limits).astype(np.int64))
-        keep = queries < positions  # each pair once, never an image with itself
-        found.append(np.stack([queries[keep], positions[keep]], axis=1))
-    return np.concatenate(found)
-
-
-def find_duplicates(index: VectorIndex, threshold: float, progress: bool = False) -> list[DuplicateGroup]:
-    """The near-duplicate groups among everything ``index`` holds, at cosine >= ``threshold``."""
-    keys, vectors = index.items()
-    return group_duplicates(keys, vectors, similar_pairs(vectors, threshold, progress=progress))
+    positions: dict[str, int] = {}
+    pairs = set()
+    for first, second in store.similar_pairs(threshold, progress=progress):
+        a, b = (positions.setdefault(key, len(positions)) for key in (first, second))
+        pairs.add((min(a, b), max(a, b)))
+    keys = list(positions)
+    found = np.array(sorted(pairs), np.int64).reshape(-1, 2)
+    return group_duplicates(keys, store.vectors(keys) if keys else np.zeros((0, 1), np.float32), found)
 
 
 GROUP_COLUMNS = ("group", "rank", "key", "similarity", "width", "height", "bytes")

@@ -7,57 +7,28 @@ from the same one, and a folder's images are keyed by their absolute paths.
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
-
-import numpy as np
-from tqdm import tqdm
 
 from clip_image_encoder.config.options import EncoderOptions
 from clip_image_encoder.encoding.images import EncodeResult, ImageEncoder, encode_paths
-from clip_image_encoder.errors import EmbeddingError, ModelNotFoundError, OptionError
-from clip_image_encoder.images.listing import list_images
+from clip_image_encoder.errors import ModelNotFoundError, OptionError
 from clip_image_encoder.models.backbones import backbone_of
-from clip_image_encoder.search.vector_index import VectorIndex
-
-UPSERT_BATCHES = 8
-"""Embeddings are written to the index every this many batches, so memory does not grow with the folder."""
+from clip_image_encoder.search.stores import IndexSpec, VectorStore, is_server_uri, open_store
 
 
-def open_index(db: str | Path, model_name: str | None = None) -> VectorIndex:
-    """The index folder, claimed for ``model_name`` when given."""
-    return VectorIndex(Path(db), model_name=model_name)
+def open_index(db: str | Path, model_name: str | None = None, index: str | IndexSpec | None = None) -> VectorStore:
+    """The store ``--db`` names (a folder, or a Milvus server's uri), claimed for ``model_name`` when given."""
+    return open_store(db, model_name, index)
 
 
 def require_index(db: str | Path) -> None:
-    """Refuse a ``--db`` that holds no index, saying how to build one."""
-    if not Path(db).is_dir():
+    """Refuse a ``--db`` folder that holds no index, saying how to build one (a server says so when opened)."""
+    if not is_server_uri(str(db)) and not Path(db).is_dir():
         raise OptionError(f"{db} holds no index: build one with 'clip-image-encoder index DATA --db {db}'")
 
 
 def empty_index_message(db: str | Path) -> str:
     return f"the index in {db} is empty: add images with 'clip-image-encoder index DATA --db {db}'"
-
-
-def index_images(data: Path, index: VectorIndex, options: EncoderOptions, quiet: bool = False) -> tuple[int, int]:
-    """Embed every image under ``data`` into ``index`` (keys: absolute paths), in chunks: (indexed, failed)."""
-    paths = list_images(data)
-    keys, vectors, failures = [], [], 0
-    with ImageEncoder.from_options(options, any_local_file=True) as encoder:
-        results = encode_paths(encoder, paths, options)
-        progress = tqdm(zip(paths, results, strict=True), total=len(paths), unit="img", desc="indexing", disable=quiet)
-        for path, result in progress:
-            if isinstance(result, EmbeddingError):
-                failures += 1
-                progress.write(f"skipped {path}: {result}", file=sys.stderr)
-                continue
-            keys.append(str(path))
-            vectors.append(result)
-            if len(keys) == options.batch_size * UPSERT_BATCHES:
-                index.upsert(keys, np.stack(vectors))
-                keys, vectors = [], []
-        index.upsert(keys, np.stack(vectors) if vectors else np.zeros((0, 0), np.float32))
-    return len(paths) - failures, failures
 
 
 def embed_image_query(path: Path, options: EncoderOptions) -> EncodeResult:

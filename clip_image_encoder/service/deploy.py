@@ -9,6 +9,11 @@ there, what a cluster needs to run this service:
 - volumes: the Hugging Face cache at ``/cache`` (the images' ``HF_HOME``), one claim for all the encoder's
   replicas, and the index at the indexer's ``db``, one ReadWriteOnce claim per shard; the indexer runs
   one replica and is replaced, not rolled, since a second process would write the same index;
+- or, where the indexer's ``db`` is a Milvus server (``http://HOST:19530[/COLLECTION]``), no index volume: the
+  indexer holds no state, so it runs `DEFAULT_INDEXER_REPLICAS` rolled replicas (never shards: Milvus shards
+  itself), each given ``MILVUS_TOKEN`` from the Secret `MILVUS_SECRET` (Kubernetes) or the environment of
+  ``docker compose`` (``${MILVUS_TOKEN:-}``), never the token itself; compose can run the server too
+  (`milvus_service`, ``milvus=True``);
 - health checks: a readiness probe, and the kubelet's gRPC health probes (what ``jina ping`` asks)
   instead of Jina's ``jina ping`` exec probes, each of which starts a Python that imports Jina (4.5 s
   and 2.7 cpu-seconds here) every 5 s; compose keeps ``jina ping``, every 30 s instead of every 2 s.
@@ -29,6 +34,7 @@ import copy
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +44,8 @@ import yaml
 
 from clip_image_encoder.config.options import OPTIONS
 from clip_image_encoder.errors import DeploymentError
+from clip_image_encoder.search.stores import is_server_uri
+from clip_image_encoder.search.stores.milvus import TOKEN_VARIABLE, split_uri
 from clip_image_encoder.service import flow as search_flow
 
 TARGETS = ("kubernetes", "docker-compose")
@@ -68,6 +76,29 @@ COMPOSE_HEALTHCHECK = {"interval": "30s", "timeout": "10s", "retries": 3, "start
 """As the images' HEALTHCHECK: the start period covers a first model download."""
 READINESS = {"periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 2}
 
+DEFAULT_INDEXER_REPLICAS = 2
+"""Indexers in front of a Milvus server unless told: one can be rolled or lost while the other answers."""
+MILVUS_SECRET, MILVUS_SECRET_KEY = "milvus-token", "token"
+"""The Kubernetes Secret that holds the Milvus token (optional: a server without authentication needs none)."""
+MILVUS = "milvus"
+"""The compose service of ``milvus=True``, and its named volume."""
+MILVUS_DB = f"http://{MILVUS}:19530"
+"""The indexer's ``db`` with the compose service: its default collection."""
+MILVUS_IMAGE = "milvusdb/milvus:v2.3.5"
+MILVUS_DATA = "/var/lib/milvus"
+"""Everything the standalone server keeps: its embedded etcd, its write-ahead log, its segments."""
+MILVUS_HEALTHCHECK = {
+    "test": ["CMD", "curl", "-f", "http://localhost:9091/healthz"],
+    "interval": "30s",
+    "timeout": "20s",
+    "retries": 3,
+    "start_period": "90s",
+}
+"""Milvus's own standalone health check (port 9091); the indexers start once it passes."""
+MILVUS_PORTS = ["127.0.0.1:19530:19530"]
+"""Published on the host's loopback only, for ``clip-image-encoder index --db http://localhost:19530`` there: the
+standalone server has no authentication unless configured, so it is not offered to the whole network."""
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -91,6 +122,8 @@ RESOURCES = {
     # Merges k matches per query and shard; the package's imports (torch, FAISS) take 430 MB here.
     MERGER: Resources(cpu_cores=0.25, memory_mib=512, memory_limit_mib=1024),
 }
+MILVUS_RESOURCES = Resources(cpu_cores=1, memory_mib=2048, memory_limit_mib=8192)
+"""Milvus standalone: 8 GB is its documented recommendation; it loads the collection's vectors in memory."""
 
 
 def grace_period_s(stop_timeout_s: int) -> int:
@@ -99,12 +132,19 @@ def grace_period_s(stop_timeout_s: int) -> int:
 
 
 def flow_document(
-    flow: dict[str, Any], *, replicas: int | None = None, gpu: bool = False, shards: int | None = None
+    flow: dict[str, Any],
+    *,
+    replicas: int | None = None,
+    gpu: bool = False,
+    shards: int | None = None,
+    db: str | None = None,
+    indexer_replicas: int | None = None,
 ) -> dict[str, Any]:
     """``deploy/flow.yml`` with the encoder's replicas and, for ``gpu``, its GPU image and one GPU each.
 
     ``shards`` (default: the flow's) splits the indexer; more than one also gets the polling and the merger
-    without which every sharded request fails (`service.indexer`, `_shard`).
+    without which every sharded request fails (`service.indexer`, `_shard`). ``db`` (default: the flow's)
+    is the indexer's store; on a Milvus server it runs ``indexer_replicas`` (`_place_indexer`).
     """
     flow = copy.deepcopy(flow)
     executors = {executor["name"]: executor for executor in flow.get("executors", [])}
@@ -118,8 +158,31 @@ def flow_document(
     if gpu:
         encoder["uses"] = with_tag(encoder["uses"], GPU_TAG)
         encoder["gpus"] = 1
+    _place_indexer(executors[INDEXER], db, indexer_replicas)
     _shard(executors[INDEXER], shards)
+    indexer = executors[INDEXER]
+    store = str(indexer.get("uses_with", {}).get("db", ""))
+    search_flow.check_indexer_scale(store, indexer.get("shards", 1), indexer.get("replicas", 1))
     return flow
+
+
+def _place_indexer(indexer: dict[str, Any], db: str | None, replicas: int | None) -> None:
+    """Sets the indexer's ``db`` and ``replicas``: `DEFAULT_INDEXER_REPLICAS` on a Milvus server, unless told.
+
+    A folder must be absolute in the container: the image's user cannot write its working folder.
+    """
+    if db is not None:
+        if is_server_uri(db):
+            split_uri(db)  # refuses a collection name that Milvus would refuse, now rather than at the first request
+        elif not db.startswith("/"):
+            raise DeploymentError(f"--db {db}: give an absolute folder in the container (/index) or http://HOST:19530")
+        indexer["uses_with"] = {**indexer.get("uses_with", {}), "db": db}
+    if replicas is None and is_server_uri(str(indexer.get("uses_with", {}).get("db", ""))):
+        replicas = indexer.get("replicas", DEFAULT_INDEXER_REPLICAS)
+    if replicas is not None:
+        if replicas < 1:
+            raise DeploymentError(f"the indexer's replicas must be at least 1, got {replicas}")
+        indexer["replicas"] = replicas
 
 
 def _shard(indexer: dict[str, Any], shards: int | None) -> None:
@@ -177,12 +240,29 @@ def _complete_deployment(deployment: dict[str, Any]) -> tuple[dict[str, Any], li
         shared = "ReadWriteMany" if deployment["spec"].get("replicas", 1) > 1 else "ReadWriteOnce"
         return deployment, [_mount_claim(deployment, f"{name}-cache", CACHE_DIR, shared, CACHE_SIZE)]
     if role == INDEXER:
-        if deployment["spec"].get("replicas", 1) != 1:
-            raise DeploymentError(f"{name}: the indexer must run 1 replica per shard (it writes its index alone)")
+        executor = pod["spec"]["containers"][0]
+        if _on_milvus(name, executor["args"], deployment["spec"].get("replicas", 1)):
+            executor.setdefault("env", []).append(
+                {
+                    "name": TOKEN_VARIABLE,
+                    "valueFrom": {"secretKeyRef": {"name": MILVUS_SECRET, "key": MILVUS_SECRET_KEY, "optional": True}},
+                }
+            )
+            return deployment, []  # the exporter's rolling update: nothing is shared but the server
         deployment["spec"]["strategy"] = {"type": "Recreate"}  # a surge pod would wait on, or share, the claim
-        db = _index_path(pod["spec"]["containers"][0]["args"], name)
+        db = _index_path(executor["args"], name)
         return deployment, [_mount_claim(deployment, f"{name}-index", db, "ReadWriteOnce", INDEX_SIZE)]
     return deployment, []
+
+
+def _on_milvus(name: str, args: list[str], replicas: int) -> bool:
+    """Whether the indexer ``name`` keeps its embeddings in a Milvus server; refuses a scale its store cannot take:
+    replicas of one embedded store, which would write the same files, or shards of a server, which shards itself."""
+    db = str(_uses_with(args).get("db", ""))
+    if not is_server_uri(db) and replicas != 1:
+        raise DeploymentError(f"{name}: the indexer must run 1 replica per shard (it writes its index alone)")
+    search_flow.check_indexer_scale(db, int(_flag_value(args, "--shards") or 1), replicas)
+    return is_server_uri(db)
 
 
 def _container_role(pod_role: str, args: list[str]) -> str:
@@ -225,8 +305,11 @@ def _mount_claim(deployment: dict[str, Any], claim: str, path: str, access_mode:
     }
 
 
-def complete_compose(compose: dict[str, Any]) -> dict[str, Any]:
-    """Jina's docker-compose file, completed: named volumes, resources, grace periods, health-check timing."""
+def complete_compose(compose: dict[str, Any], *, milvus: bool = False) -> dict[str, Any]:
+    """Jina's docker-compose file, completed: named volumes, resources, grace periods, health-check timing.
+
+    With ``milvus``, also a Milvus standalone server (`milvus_service`) that the indexers on a server wait for.
+    """
     compose = copy.deepcopy(compose)
     compose.pop("version", None)  # obsolete in the Compose Specification: docker compose warns at every command
     volumes = compose.setdefault("volumes", {})
@@ -238,17 +321,54 @@ def complete_compose(compose: dict[str, Any]) -> dict[str, Any]:
         service["healthcheck"] = {**service.get("healthcheck", {}), **COMPOSE_HEALTHCHECK}
         service["deploy"] = _compose_deploy(RESOURCES[role], service.get("deploy", {}))
         service.pop("volumes", None)  # the exporter's default mounts the host's ~/.cache/jina over /app
+        if role == INDEXER and _on_milvus(service_name, args, int(_flag_value(args, "--replicas") or 1)):
+            _connect_to_milvus(service, milvus)
+            continue
         if role == ENCODER:
             volume, path = f"{name}-cache", CACHE_DIR
         elif role == INDEXER:
-            if int(_flag_value(args, "--replicas") or 1) != 1:
-                raise DeploymentError(f"{service_name}: the indexer must run 1 replica per shard")
             volume, path = f"{service_name}-index", _index_path(args, service_name)
         else:
             continue
         service["volumes"] = [f"{volume}:{path}"]
         volumes[volume] = {}
+    if milvus:
+        if MILVUS in compose["services"]:
+            raise DeploymentError(f"the flow already has a service {MILVUS!r}: leave out --with-milvus")
+        compose["services"][MILVUS] = milvus_service(list(compose.get("networks", {})))
+        volumes[MILVUS] = {}
     return compose
+
+
+def _connect_to_milvus(service: dict[str, Any], milvus: bool) -> None:
+    """The token from the environment of ``docker compose`` (empty if unset), never written here; with
+    ``milvus``, a start once the compose file's server is healthy."""
+    token = f"${{{TOKEN_VARIABLE}:-}}"
+    environment = service.setdefault("environment", [])
+    if isinstance(environment, dict):
+        environment[TOKEN_VARIABLE] = token
+    else:
+        environment.append(f"{TOKEN_VARIABLE}={token}")
+    if milvus:
+        service["depends_on"] = {MILVUS: {"condition": "service_healthy"}}
+
+
+def milvus_service(networks: list[str]) -> dict[str, Any]:
+    """Milvus standalone on the Executors' ``networks``: etcd embedded and local storage, so one named volume
+    keeps all its state and no etcd or MinIO service is needed; 19530 published for indexing from the host."""
+    service: dict[str, Any] = {
+        "image": MILVUS_IMAGE,
+        "command": ["milvus", "run", "standalone"],
+        "security_opt": ["seccomp:unconfined"],  # as Milvus's own standalone scripts run it
+        "environment": ["ETCD_USE_EMBED=true", f"ETCD_DATA_DIR={MILVUS_DATA}/etcd", "COMMON_STORAGETYPE=local"],
+        "volumes": [f"{MILVUS}:{MILVUS_DATA}"],
+        "ports": list(MILVUS_PORTS),
+        "healthcheck": copy.deepcopy(MILVUS_HEALTHCHECK),
+        "deploy": _compose_deploy(MILVUS_RESOURCES, {}),
+    }
+    if networks:
+        service["networks"] = networks
+    return service
 
 
 def _compose_role(command: list[str]) -> tuple[str, str]:
@@ -308,16 +428,23 @@ def export_manifests(
     gpu: bool = False,
     shards: int | None = None,
     namespace: str = "default",
+    db: str | None = None,
+    indexer_replicas: int | None = None,
+    with_milvus: bool = False,
 ) -> list[Path]:
-    """Runs Jina's exporter on ``flow_file`` into the new folder ``out``, completes what it wrote; the files."""
+    """Runs Jina's exporter on ``flow_file`` into the new folder ``out``, completes what it wrote; the files.
+
+    ``with_milvus`` (docker-compose) adds a Milvus server and makes it the default ``db`` (`MILVUS_DB`).
+    """
     if target not in TARGETS:
         raise DeploymentError(f"target must be one of {TARGETS}, got {target!r}")
+    db = _milvus_db(target, db) if with_milvus else db
     if not flow_file.is_file():
         raise DeploymentError(f"{flow_file} does not exist: run from the repository root or pass --flow")
     if out.exists() and any(out.iterdir()):
         raise DeploymentError(f"{out} is not empty: stale files would be deployed too; give a new folder")
     source = yaml.safe_load(flow_file.read_text())
-    flow = flow_document(source, replicas=replicas, gpu=gpu, shards=shards)
+    flow = flow_document(source, replicas=replicas, gpu=gpu, shards=shards, db=db, indexer_replicas=indexer_replicas)
     cpu_image = next(executor["uses"] for executor in source["executors"] if executor["name"] == ENCODER)
     with _offline_exporter(gateway_image=cpu_image.removeprefix("docker://")):
         from jina import Flow
@@ -332,8 +459,22 @@ def export_manifests(
         out.mkdir(parents=True, exist_ok=True)
         path = out / "docker-compose.yml"
         exporter.to_docker_compose_yaml(str(path))
-        _write_all(path, [complete_compose(yaml.safe_load(path.read_text()))])
+        _write_all(path, [complete_compose(yaml.safe_load(path.read_text()), milvus=with_milvus)])
         return [path]
+
+
+def _milvus_db(target: str, db: str | None) -> str:
+    """The ``db`` beside the compose file's own Milvus: `MILVUS_DB`, or a collection of that server."""
+    if target != "docker-compose":
+        raise DeploymentError(
+            "--with-milvus writes a Milvus service into a docker-compose file; on Kubernetes, install Milvus "
+            "(its Helm chart or operator) and pass --db http://HOST:19530"
+        )
+    if db is None:
+        return MILVUS_DB
+    if not is_server_uri(db) or urllib.parse.urlsplit(db).netloc != f"{MILVUS}:19530":
+        raise DeploymentError(f"--with-milvus serves {MILVUS_DB}: give --db {MILVUS_DB}[/COLLECTION], not {db}")
+    return db
 
 
 @contextlib.contextmanager

@@ -168,6 +168,10 @@ class CLIPImageEncoder(_OptionsExecutor):
                 doc.tensor = None
         return docs
 
+    async def pass_keys_on(self, docs: DocList[ImageDocument], **kwargs: Any) -> DocList[ImageDocument]:
+        """In the search Flow, ``/delete`` carries keys (``url`` or id) for the indexer: nothing to embed."""
+        return docs
+
     def _embed_batch(self, key: tuple[str, int], items: list[ImageItem]) -> list[EncodeResult]:
         """One joined batch, on a worker thread: raw float32 embeddings; each request shapes its own part."""
         preprocessing, batch_size = key

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from clip_image_encoder.config.options import TEXT_ENCODER_OPTIONS, EncoderOptions
+from clip_image_encoder.errors import OptionError
 from clip_image_encoder.service.shutdown import stop_executors_in_order
 
 if TYPE_CHECKING:
@@ -46,7 +47,9 @@ class FlowExecutor:
     """The Executor that merges its shards' answers (``uses_after``), when sharded."""
 
 
-ENCODER = FlowExecutor("encoder", "CLIPImageEncoder", "config.yml", image="clip-image-encoder")
+ENCODER = FlowExecutor(
+    "encoder", "CLIPImageEncoder", "config.yml", image="clip-image-encoder", uses_requests={"/delete": "pass_keys_on"}
+)
 TEXT_ENCODER = FlowExecutor(
     "text_encoder",
     "CLIPTextEncoder",
@@ -55,7 +58,7 @@ TEXT_ENCODER = FlowExecutor(
     # output schema is the next one's input), and only the indexer may name /search: Jina 3.34's gateway fails
     # when two Executors in a row bind one endpoint explicitly. So the text queries are embedded on the default
     # endpoint, and /index passes through.
-    uses_requests={"/default": "encode_text_queries", "/index": "pass_images_on"},
+    uses_requests={"/default": "encode_text_queries", "/index": "pass_images_on", "/delete": "pass_images_on"},
     needs_text_tower=True,
 )
 INDEXER = FlowExecutor(
@@ -63,7 +66,7 @@ INDEXER = FlowExecutor(
     "ImageIndexer",
     "indexer.yml",
     image="clip-image-encoder-indexer",
-    sharded_polling={"/index": "ALL", "/search": "ALL"},
+    sharded_polling={"/index": "ALL", "/search": "ALL", "/delete": "ALL"},
     merger="ShardMerger",
 )
 SEARCH_FLOW: tuple[FlowExecutor, ...] = (ENCODER, TEXT_ENCODER, INDEXER)
@@ -98,13 +101,18 @@ def build_flow(
     protocol: str = "grpc",
     search: bool = False,
     db: str = "index",
+    index: str | None = None,
     replicas: int = 1,
     shards: int = 1,
+    indexer_replicas: int = 1,
     observability: Observability | None = None,
 ) -> Flow:
-    """The encoder (``replicas`` processes); with ``search``, the rest of `SEARCH_FLOW` behind it, the indexer
-    in ``shards`` parts; the text encoder when the checkpoint has a text tower."""
+    """The encoder (``replicas`` processes); with ``search``, the rest of `SEARCH_FLOW` behind it: the indexer
+    in ``shards`` parts on an embedded store, or ``indexer_replicas`` stateless ones on a Milvus server; the text
+    encoder when the checkpoint has a text tower."""
     from jina import Flow
+
+    check_indexer_scale(db, shards, indexer_replicas)
 
     observability = observability or Observability()
     tracing = observability.tracing_arguments()
@@ -113,7 +121,7 @@ def build_flow(
     for step in SEARCH_FLOW if search else (ENCODER,):
         if step.needs_text_tower and not _has_text_tower(options):
             continue
-        arguments: dict[str, Any] = {"uses_with": _uses_with(step, options, db), **tracing}
+        arguments: dict[str, Any] = {"uses_with": _uses_with(step, options, db, index), **tracing}
         if step.uses_requests:
             arguments["uses_requests"] = step.uses_requests
         if step is ENCODER:
@@ -122,15 +130,31 @@ def build_flow(
                 "monitoring": observability.monitoring,
                 "port_monitoring": observability.port_monitoring,
             }
+        if step is INDEXER and indexer_replicas > 1:
+            arguments["replicas"] = indexer_replicas
         if step.sharded_polling and shards > 1:
             arguments |= {"shards": shards, "uses_after": classes[step.merger], "polling": step.sharded_polling}
         flow = flow.add(name=step.name, uses=classes[step.executor], **arguments)
     return flow
 
 
-def _uses_with(step: FlowExecutor, options: EncoderOptions, db: str) -> dict[str, Any]:
+def check_indexer_scale(db: str, shards: int, replicas: int) -> None:
+    """An embedded store is one process's folder: it scales by shards. A Milvus server shards itself: the
+    indexer in front of it scales by replicas."""
+    from clip_image_encoder.search.stores import is_server_uri
+
+    if is_server_uri(db) and shards > 1:
+        raise OptionError(f"{db} is a Milvus server, which shards itself: replicate the indexer instead of sharding it")
+    if not is_server_uri(db) and replicas > 1:
+        raise OptionError(
+            f"the embedded store {db} is a folder that one process owns: shard it (--shards), or put the "
+            "embeddings in a Milvus server (--db http://HOST:19530) to replicate the indexer"
+        )
+
+
+def _uses_with(step: FlowExecutor, options: EncoderOptions, db: str, index: str | None) -> dict[str, Any]:
     if step is INDEXER:
-        return {"db": db, "stop_timeout_s": options.stop_timeout_s}
+        return {"db": db, "index": index, "stop_timeout_s": options.stop_timeout_s}
     if step is TEXT_ENCODER:
         return {name: value for name, value in options.as_dict().items() if name in TEXT_ENCODER_OPTIONS}
     return options.as_dict()

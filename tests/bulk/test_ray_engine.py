@@ -15,6 +15,7 @@ from clip_image_encoder.bulk.files import read_embeddings
 from clip_image_encoder.bulk.ray import list_object_storage
 from clip_image_encoder.cli.main import main
 from clip_image_encoder.images.listing import list_images
+from clip_image_encoder.search.stores import open_store
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,29 @@ def test_ray_engine_resumes_a_local_engines_output(ray_cluster, tiny_model_dir, 
     assert embed("ray", photo_folder, out, tiny_model_dir, "--resume") == 0
     assert "embedded 1 images" in capsys.readouterr().out
     assert read_embeddings(out, "csv").filenames[-1] == "new.png"
+
+
+def test_index_on_ray_writes_the_local_engines_embeddings_into_the_store_and_resumes(
+    ray_cluster, tiny_model_dir, photo_folder, photos, tmp_path, store_db, capsys
+):
+    """``index --engine ray`` into either store: the keys and vectors the local engine writes; ``--resume`` adds
+    only the new file."""
+    local_db = str(tmp_path / "local-db")
+    index = ["index", photo_folder, "--model", tiny_model_dir, "--quiet"]
+    assert main([str(arg) for arg in [*index, "--db", local_db]]) == 0
+    assert main([str(arg) for arg in [*index, "--db", store_db, "--engine", "ray"]]) == 0
+    with open_store(local_db) as local, open_store(store_db) as on_ray:
+        keys = sorted(local.keys())
+        assert len(keys) == len(on_ray) == 7
+        assert on_ray.contains(keys) == set(keys)
+        np.testing.assert_allclose(on_ray.vectors(keys), local.vectors(keys), rtol=0, atol=1e-6)
+
+    (photo_folder / "new.png").write_bytes(encode_image(Image.fromarray(photos["rocket"][::2, ::2]), "PNG"))
+    capsys.readouterr()
+    assert main([str(arg) for arg in [*index, "--db", store_db, "--engine", "ray", "--resume"]]) == 0
+    assert f"indexed 1 images from {photo_folder}; 7 already held; 8 in {store_db}" in capsys.readouterr().out
+    with open_store(store_db) as on_ray:
+        assert len(on_ray) == 8 and on_ray.contains([str(photo_folder.resolve() / "new.png")])
 
 
 def test_ray_engine_reports_a_model_that_cannot_load_as_the_local_engine_does(

@@ -13,7 +13,7 @@ from helpers import run_cli
 from PIL import Image, ImageEnhance, ImageOps
 
 from clip_image_encoder.models.backbones import backbone_of
-from clip_image_encoder.search.duplicates import ImageFacts, group_duplicates, image_facts, similar_pairs
+from clip_image_encoder.search.duplicates import ImageFacts, group_duplicates, image_facts
 
 REAL_WEIGHTS = "efficientnet-lite0"
 
@@ -46,22 +46,6 @@ def collection(photos, tmp_path_factory) -> tuple[Path, dict[str, set[str]]]:
             image.save(copy, quality=40)
             families[name].append(copy)
     return folder, families
-
-
-def test_similar_pairs_are_exactly_the_pairs_at_or_above_the_threshold():
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(300, 32)).astype(np.float32)
-    vectors[150:] = vectors[:150] + rng.normal(scale=0.5, size=(150, 32))  # near copies, at varied distances
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    similarity = vectors @ vectors.T
-    threshold = float(np.quantile(similarity[np.triu_indices(300, 1)], 0.99))
-
-    found = similar_pairs(vectors, threshold, batch_size=64)
-
-    expected = {(i, j) for i, j in zip(*np.nonzero(np.triu(similarity >= threshold, 1)), strict=True)}
-    near_threshold = {(i, j) for i, j in zip(*np.nonzero(np.abs(similarity - threshold) < 1e-5), strict=True)}
-    assert len(expected) > 100
-    assert {tuple(pair) for pair in found.tolist()} ^ expected <= near_threshold  # float rounding at the edge only
 
 
 def test_a_chain_of_copies_is_one_group_with_the_largest_least_compressed_first(photos, tmp_path):
@@ -123,10 +107,11 @@ def test_the_default_threshold_groups_copies_of_one_photo_only(collection, tmp_p
         assert len({family_of[key] for key in keys}) == 1, keys
 
 
-def test_duplicates_finds_each_family_of_edited_copies_and_keeps_its_index(collection, tmp_path, capsys):
+def test_duplicates_finds_each_family_of_edited_copies_and_keeps_its_index(collection, tmp_path, store_db, capsys):
+    """On both stores: the range search runs in the embedded store's FAISS index, or in Milvus."""
     folder, families = collection
     out_csv, out_json, page = tmp_path / "groups.csv", tmp_path / "groups.json", tmp_path / "groups.html"
-    args = ("--model", REAL_WEIGHTS, "--quiet", "--db", tmp_path / "db", "--threshold", "0.7")
+    args = ("--model", REAL_WEIGHTS, "--quiet", "--db", store_db, "--threshold", "0.7")
     assert run_cli("duplicates", folder, *args, "--out", out_csv, "--html", page) == 0
     assert capsys.readouterr().out.startswith("2 groups of near-duplicates (10 images) among 14 images")
 

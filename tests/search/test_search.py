@@ -3,6 +3,7 @@ that answers only queries embedded by the checkpoint it was built with."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from tiny_clip import CONTEXT_LENGTH, save_tiny_clip
 from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
 from clip_image_encoder.config.options import EncoderOptions
-from clip_image_encoder.search.vector_index import VectorIndex
+from clip_image_encoder.search.stores.embedded import EmbeddedStore
 from clip_image_encoder.service.documents import ImageDocument
 from clip_image_encoder.service.executors import CLIPImageEncoder, CLIPTextEncoder
 from clip_image_encoder.service.flow import TEXT_ENCODER, build_flow
@@ -33,10 +34,13 @@ def photo_files(photos, tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def indexed(clip_dir, photo_files, tmp_path_factory) -> Path:
-    """The photos indexed by the command line with the whole tiny CLIP's image tower."""
-    db = tmp_path_factory.mktemp("search-db") / "db"
+@pytest.fixture(scope="module", params=["embedded", "milvus"])
+def indexed(request, clip_dir, photo_files, tmp_path_factory) -> Path | str:
+    """The photos indexed by the command line with the whole tiny CLIP's image tower, in a folder and in Milvus."""
+    if request.param == "milvus":
+        db = f"{request.getfixturevalue('milvus_uri')}/search_{os.getpid()}"
+    else:
+        db = tmp_path_factory.mktemp("search-db") / "db"
     assert run_cli("index", photo_files, "--db", db, "--model", clip_dir, "--quiet") == 0
     return db
 
@@ -102,16 +106,16 @@ def test_a_query_must_be_one_image_or_words(clip_dir, indexed, capsys, query, me
 
 
 def test_an_empty_index_says_how_to_fill_it(clip_dir, tmp_path, capsys):
-    VectorIndex(tmp_path / "db").close()
+    EmbeddedStore(tmp_path / "db").close()
     assert run_cli("search", "--text", QUERY, "--db", tmp_path / "db", "--model", clip_dir) == 2
     assert f"the index in {tmp_path / 'db'} is empty: add images with 'clip-image-encoder index" in (
         capsys.readouterr().err
     )
 
 
-def test_the_search_flow_answers_image_and_text_queries_in_one_request(clip_dir, photo_files, photos, tmp_path):
+def test_the_search_flow_answers_image_and_text_queries_in_one_request(clip_dir, photo_files, photos, store_db):
     options = EncoderOptions(pretrained_model_name_or_path=str(clip_dir), local_uri_roots=[str(photo_files)])
-    flow = build_flow(options, port=free_port(), search=True, db=str(tmp_path / "db"))
+    flow = build_flow(options, port=free_port(), search=True, db=store_db)
     files = sorted(photo_files.iterdir())
     edited_coffee = np.asarray(Image.fromarray(photos["coffee"]).resize((300, 200)))
     queries = [ImageDocument(text=QUERY), ImageDocument(tensor=edited_coffee), ImageDocument(text=" ")]
@@ -121,6 +125,13 @@ def test_the_search_flow_answers_image_and_text_queries_in_one_request(clip_dir,
         by_text, by_image, blank = flow.post(
             "/search", inputs=DocList[ImageDocument](queries), parameters={"k": 6}, return_type=DocList[ImageDocument]
         )
+        flow.post("/delete", inputs=DocList[ImageDocument]([ImageDocument(url=str(photo_files / "coffee.png"))]))
+        (after_delete,) = flow.post(
+            "/search",
+            inputs=DocList[ImageDocument]([queries[1]]),
+            parameters={"k": 6},
+            return_type=DocList[ImageDocument],
+        )
 
     expected = hugging_face_ranking(clip_dir, files, QUERY)
     assert by_text.error is None
@@ -129,6 +140,21 @@ def test_the_search_flow_answers_image_and_text_queries_in_one_request(clip_dir,
     assert by_image.matches[0].key == str(photo_files / "coffee.png")
     assert len(blank.matches) == 0
     assert "empty or only whitespace" in blank.error
+    assert after_delete.error is None
+    kept = [match.key for match in by_image.matches if not match.key.endswith("coffee.png")]
+    assert [match.key for match in after_delete.matches] == kept and len(kept) == len(files) - 1
+
+
+def test_delete_forgets_images_of_the_store_by_path(clip_dir, photo_files, store_db, capsys, monkeypatch):
+    assert run_cli("index", photo_files, "--db", store_db, "--model", clip_dir, "--quiet") == 0
+    monkeypatch.chdir(photo_files)
+    capsys.readouterr()
+    assert run_cli("delete", "coffee.png", str(photo_files / "rocket.png"), "/not/indexed.png", "--db", store_db) == 0
+    held = len(list(photo_files.iterdir())) - 2
+    assert f"deleted 2 of 3 keys; {held} in {store_db}" in capsys.readouterr().out
+    assert run_cli("search", "--text", QUERY, "--db", store_db, "--model", clip_dir, "-k", 10) == 0
+    found = printed_ranking(capsys.readouterr().out)
+    assert len(found) == held and not any(key.endswith(("coffee.png", "rocket.png")) for key, _ in found)
 
 
 def test_a_flow_refuses_text_queries_of_another_checkpoint_and_keeps_answering_images(

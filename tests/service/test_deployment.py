@@ -7,6 +7,7 @@ loader. No cluster or Docker engine runs here: what a running cluster does with 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -22,11 +23,17 @@ import yaml
 
 from clip_image_encoder.cli.main import main
 from clip_image_encoder.config.options import OPTIONS
-from clip_image_encoder.errors import DeploymentError
+from clip_image_encoder.errors import DeploymentError, OptionError
 from clip_image_encoder.service.deploy import (
     CACHE_DIR,
+    DEFAULT_INDEXER_REPLICAS,
     IMAGE_UID,
     MERGER,
+    MILVUS,
+    MILVUS_DB,
+    MILVUS_IMAGE,
+    MILVUS_SECRET,
+    MILVUS_SECRET_KEY,
     RESOURCES,
     complete_compose,
     complete_kubernetes,
@@ -42,7 +49,10 @@ FLOW = REPO / "deploy" / "flow.yml"
 INDEXER_DOCKERFILE = REPO / "deploy" / "Dockerfile.indexer"
 KUBERNETES_VERSION = "1.32.0"
 STOP_TIMEOUT_S = OPTIONS["stop_timeout_s"].default
-VARIANTS = ("cpu", "gpu", "sharded")
+VARIANTS = ("cpu", "gpu", "sharded", "milvus")
+MILVUS_URI = "http://milvus.search.svc:19530/photos"
+"""The Kubernetes milvus variant's server: one outside the export, as a Helm chart or the operator installs it."""
+TOKEN = "root:not-in-any-file"
 
 Documents = dict[str, list[dict[str, Any]]]
 """Each exported file (relative path) and its YAML documents."""
@@ -55,14 +65,23 @@ def _read_kubernetes(out: Path) -> Documents:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """Every variant, exported once: cpu with 3 encoder replicas and the indexer in 2 shards (through the command
-    line), gpu with 1 replica."""
+    line), gpu with 1 replica; milvus with the indexer on a Milvus server: on Kubernetes an outside one
+    (`MILVUS_URI`) and 3 indexer replicas, in docker-compose the file's own (``--with-milvus``) and the default
+    replicas. ``MILVUS_TOKEN`` is set throughout, as where an operator exports."""
     root = tmp_path_factory.mktemp("deploy")
-    for target in ("kubernetes", "docker-compose"):
-        cpu = root / f"{target}-cpu"
-        assert main(["deploy", target, "--out", str(cpu), "--flow", str(FLOW), "--replicas", "3"]) == 0
-        export_manifests(target, FLOW, root / f"{target}-gpu", replicas=1, gpu=True)
-        sharded = root / f"{target}-sharded"
-        assert main(["deploy", target, "--out", str(sharded), "--flow", str(FLOW), "--shards", "2"]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MILVUS_TOKEN", TOKEN)
+        for target in ("kubernetes", "docker-compose"):
+            cpu = root / f"{target}-cpu"
+            assert main(["deploy", target, "--out", str(cpu), "--flow", str(FLOW), "--replicas", "3"]) == 0
+            export_manifests(target, FLOW, root / f"{target}-gpu", replicas=1, gpu=True)
+            sharded = root / f"{target}-sharded"
+            assert main(["deploy", target, "--out", str(sharded), "--flow", str(FLOW), "--shards", "2"]) == 0
+        milvus = ["--db", MILVUS_URI, "--indexer-replicas", "3"]
+        kubernetes = root / "kubernetes-milvus"
+        assert main(["deploy", "kubernetes", "--out", str(kubernetes), "--flow", str(FLOW), *milvus]) == 0
+        compose = root / "docker-compose-milvus"
+        assert main(["deploy", "docker-compose", "--out", str(compose), "--flow", str(FLOW), "--with-milvus"]) == 0
     return {
         variant: {
             "kubernetes": _read_kubernetes(root / f"kubernetes-{variant}"),
@@ -166,15 +185,18 @@ def test_the_kubernetes_validator_rejects_a_misspelt_field(exported):
         kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
 
 
-def test_every_compose_file_passes_the_compose_specification(exported):
-    files = [str(exported[variant]["compose_file"]) for variant in VARIANTS]
+def _check_compose_specification(*files: Path) -> None:
     checked = subprocess.run(
-        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", *files],
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", *map(str, files)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_compose_file_passes_the_compose_specification(exported):
+    _check_compose_specification(*(exported[variant]["compose_file"] for variant in VARIANTS))
 
 
 def _docker_compose() -> list[str] | None:
@@ -335,7 +357,9 @@ def test_grace_period_outlasts_the_prestop_sleep_and_the_drain(exported, variant
             prestop_s = int(container["lifecycle"]["preStop"]["exec"]["command"][-1].removeprefix("sleep "))
             drain_s = _uses_with(container["args"]).get("stop_timeout_s", STOP_TIMEOUT_S)
             assert pod["terminationGracePeriodSeconds"] > prestop_s + drain_s
-    for service in exported[variant]["compose"]["services"].values():
+    for name, service in exported[variant]["compose"]["services"].items():
+        if name == MILVUS:  # not an Executor: no drain, Docker's own grace period
+            continue
         drain_s = _uses_with(service["command"]).get("stop_timeout_s", STOP_TIMEOUT_S)
         assert int(service["stop_grace_period"].removesuffix("s")) > drain_s
 
@@ -426,6 +450,115 @@ def test_gateway_runs_in_the_encoder_cpu_image_without_asking_jinas_hub(exported
         assert exported[variant]["compose"]["services"]["gateway"]["image"] == "clip-image-encoder:latest"
 
 
+# --- an indexer on a Milvus server ---------------------------------------------------------------------------
+
+
+def _indexer_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: service for name, service in compose["services"].items() if name.startswith("indexer")}
+
+
+def test_a_milvus_indexer_has_no_claim_and_rolls_its_replicas_on_kubernetes(exported):
+    documents = exported["milvus"]["kubernetes"]
+    deployments = _all(documents, "Deployment")
+    indexer = deployments["indexer"]
+    (container,) = _pod(indexer)["containers"]
+    assert set(deployments) == {"gateway", "encoder", "indexer"}  # no shards, no head, no merger
+    assert indexer["spec"]["replicas"] == 3
+    assert indexer["spec"]["strategy"]["type"] == "RollingUpdate"  # stateless: no Recreate
+    assert "volumes" not in _pod(indexer) and "volumeMounts" not in container
+    assert set(_all(documents, "PersistentVolumeClaim")) == {"encoder-cache"}
+    assert _uses_with(container["args"])["db"] == MILVUS_URI
+    assert "--shards" not in container["args"]
+
+
+def test_a_milvus_indexer_gets_its_token_from_an_optional_secret_on_kubernetes(exported):
+    documents = exported["milvus"]["kubernetes"]
+    (container,) = _pod(_all(documents, "Deployment")["indexer"])["containers"]
+    (token,) = [variable for variable in container["env"] if variable["name"] == "MILVUS_TOKEN"]
+    assert token == {
+        "name": "MILVUS_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": MILVUS_SECRET, "key": MILVUS_SECRET_KEY, "optional": True}},
+    }
+    assert not _all(documents, "Secret")  # the operator creates it: no token is written
+    for deployment in _all(documents, "Deployment").values():
+        if deployment["metadata"]["name"] != "indexer":
+            assert all("MILVUS_TOKEN" not in str(c.get("env")) for c in _pod(deployment)["containers"])
+
+
+def test_no_exported_file_holds_the_token(exported):
+    """``MILVUS_TOKEN`` was set during every export: only its name is written, never its value."""
+    for variant in VARIANTS:
+        assert TOKEN not in json.dumps(exported[variant]["kubernetes"])
+        assert TOKEN not in exported[variant]["compose_file"].read_text()
+
+
+def test_compose_with_milvus_runs_replicated_indexers_without_volumes_that_wait_for_the_server(exported):
+    compose = exported["milvus"]["compose"]
+    indexers = _indexer_services(compose)
+    assert set(indexers) == {f"indexer-rep-{replica}" for replica in range(DEFAULT_INDEXER_REPLICAS)}
+    for service in indexers.values():
+        assert "volumes" not in service
+        assert _uses_with(service["command"])["db"] == MILVUS_DB
+        assert "MILVUS_TOKEN=${MILVUS_TOKEN:-}" in service["environment"]  # docker compose fills it in, or ""
+        assert service["depends_on"] == {MILVUS: {"condition": "service_healthy"}}
+    gateway = compose["services"]["gateway"]["command"]
+    assert set(json.loads(_args_value(gateway, "--deployments-addresses"))["indexer"]) == {
+        f"{name}:{_args_value(service['command'], '--port')}" for name, service in indexers.items()
+    }
+    assert set(compose["volumes"]) == {"encoder-cache", MILVUS}
+
+
+def test_compose_with_milvus_runs_a_standalone_server_on_its_own_volume_with_a_healthcheck(exported):
+    compose = exported["milvus"]["compose"]
+    milvus = compose["services"][MILVUS]
+    assert milvus["image"] == MILVUS_IMAGE == "milvusdb/milvus:v2.3.5"
+    assert milvus["command"] == ["milvus", "run", "standalone"]
+    assert {"ETCD_USE_EMBED=true", "ETCD_DATA_DIR=/var/lib/milvus/etcd", "COMMON_STORAGETYPE=local"} <= set(
+        milvus["environment"]
+    )
+    assert milvus["volumes"] == [f"{MILVUS}:/var/lib/milvus"]  # etcd, the log and the segments: all of its state
+    assert milvus["ports"] == ["127.0.0.1:19530:19530"]  # for `index --db http://localhost:19530` on the host only
+    assert milvus["healthcheck"]["test"] == ["CMD", "curl", "-f", "http://localhost:9091/healthz"]
+    assert milvus["networks"] == compose["services"]["indexer-rep-0"]["networks"]  # "milvus" resolves there
+    assert MILVUS_DB == "http://milvus:19530"
+
+
+def test_compose_on_an_outside_milvus_server_has_no_server_and_waits_for_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("MILVUS_TOKEN", TOKEN)
+    out = tmp_path / "compose"
+    uri = "http://milvus.example:19530"
+    assert main(["deploy", "docker-compose", "--out", str(out), "--flow", str(FLOW), "--db", uri]) == 0
+    _check_compose_specification(out / "docker-compose.yml")
+    assert TOKEN not in (out / "docker-compose.yml").read_text()
+    compose = yaml.safe_load((out / "docker-compose.yml").read_text())
+    assert MILVUS not in compose["services"] and set(compose["volumes"]) == {"encoder-cache"}
+    indexers = _indexer_services(compose)
+    assert len(indexers) == DEFAULT_INDEXER_REPLICAS
+    for service in indexers.values():
+        assert _uses_with(service["command"])["db"] == uri
+        assert "depends_on" not in service and "volumes" not in service
+        assert "MILVUS_TOKEN=${MILVUS_TOKEN:-}" in service["environment"]
+
+
+def test_a_milvus_db_replicates_the_indexer_by_default_and_never_shards_it():
+    source = yaml.safe_load(FLOW.read_text())
+    indexer = _executor(flow_document(source, db="http://milvus:19530"), "indexer")
+    assert indexer["replicas"] == DEFAULT_INDEXER_REPLICAS
+    assert indexer["uses_with"] == {**_executor(source, "indexer")["uses_with"], "db": "http://milvus:19530"}
+    assert "shards" not in indexer and "polling" not in indexer and "uses_after" not in indexer
+    assert _executor(flow_document(source, db="http://milvus:19530", indexer_replicas=1), "indexer")["replicas"] == 1
+    assert "replicas" not in _executor(flow_document(source), "indexer")  # without --db, as before
+
+
+def test_completing_a_milvus_indexer_with_two_replicas_is_accepted(exported):
+    documents = exported["milvus"]["kubernetes"]["indexer/indexer.yml"]
+    doubled = [
+        {**doc, "spec": {**doc["spec"], "replicas": 2}} if doc["kind"] == "Deployment" else doc for doc in documents
+    ]
+    (deployment,) = [doc for doc in complete_kubernetes(doubled) if doc["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 2
+
+
 # --- refusals -------------------------------------------------------------------------------------------------
 
 
@@ -450,3 +583,47 @@ def test_deploy_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
     (tmp_path / "stale.yml").write_text("kind: Deployment\n")
     assert main(["deploy", "kubernetes", "--out", str(tmp_path), "--flow", str(FLOW)]) == 2
     assert "is not empty" in capsys.readouterr().err
+
+
+def _deploy_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str, *flags: str) -> str:
+    """The message of ``deploy`` refused (exit status 2) before it wrote anything."""
+    out = tmp_path / "out"
+    assert main(["deploy", target, "--out", str(out), "--flow", str(FLOW), *flags]) == 2
+    assert not out.exists() or not any(out.iterdir())
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["kubernetes", "docker-compose"])
+def test_deploy_refuses_to_shard_an_indexer_on_a_milvus_server(tmp_path, capsys, target):
+    assert "shards itself" in _deploy_refused(tmp_path, capsys, target, "--db", "http://milvus:19530", "--shards", "2")
+
+
+@pytest.mark.parametrize("target", ["kubernetes", "docker-compose"])
+def test_deploy_refuses_indexer_replicas_on_the_embedded_store(tmp_path, capsys, target):
+    err = _deploy_refused(tmp_path, capsys, target, "--indexer-replicas", "2")
+    assert "one process owns" in err and "--db http://" in err
+    assert "one process owns" in _deploy_refused(tmp_path, capsys, target, "--db", "/data", "--indexer-replicas", "2")
+
+
+@pytest.mark.parametrize(
+    ("target", "flags", "message"),
+    [
+        ("kubernetes", ["--with-milvus"], "on Kubernetes, install Milvus"),
+        ("docker-compose", ["--with-milvus", "--db", "http://milvus.example:19530"], "--with-milvus serves"),
+        ("docker-compose", ["--with-milvus", "--db", "/index"], "--with-milvus serves"),
+        ("kubernetes", ["--db", "index"], "absolute folder"),
+        ("kubernetes", ["--db", "http://milvus:19530/2photos"], "collection"),
+        ("kubernetes", ["--db", "http://milvus:19530", "--indexer-replicas", "0"], "at least 1"),
+    ],
+)
+def test_deploy_refuses_a_store_it_cannot_deploy(tmp_path, capsys, target, flags, message):
+    assert message in _deploy_refused(tmp_path, capsys, target, *flags)
+
+
+def test_completing_a_sharded_indexer_on_a_milvus_server_is_refused(exported):
+    compose = copy.deepcopy(exported["sharded"]["compose"])
+    command = compose["services"]["indexer-0"]["command"]
+    at = command.index("--uses-with") + 1
+    command[at] = json.dumps({**json.loads(command[at]), "db": "http://milvus:19530"})
+    with pytest.raises(OptionError, match="shards itself"):
+        complete_compose(compose)

@@ -127,9 +127,9 @@ def test_serve_answers_the_request_in_flight_then_exits_0(tiny_model_dir, tmp_pa
 
 
 def test_serve_search_keeps_everything_indexed_when_stopped_during_an_index_request(
-    tiny_model_dir, tmp_path, large_photos
+    tiny_model_dir, tmp_path, large_photos, store_db
 ):
-    from clip_image_encoder.search.vector_index import VectorIndex
+    from clip_image_encoder.search.stores import open_store
 
     config = tmp_path / "config.yml"
     config.write_text(
@@ -137,12 +137,12 @@ def test_serve_search_keeps_everything_indexed_when_stopped_during_an_index_requ
         .replace("openai/clip-vit-base-patch32", str(tiny_model_dir))
         .replace("local_uri_roots: []", f"local_uri_roots: [{large_photos[0].parent}]")
     )
-    port, db = free_port(), tmp_path / "db"
+    port, db = free_port(), store_db
     command = [str(BIN / "clip-image-encoder"), "serve", "--config", str(config), "--port", str(port)]
     result = stop_during_request([*command, "--search", "--db", str(db)], port, large_photos, endpoint="/index")
     assert_answered_in_full(result, len(large_photos))
     assert result["returncode"] == 0
-    with VectorIndex(db) as index:
+    with open_store(db) as index:
         assert len(index) == len(large_photos)
 
 
