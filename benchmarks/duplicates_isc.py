@@ -11,8 +11,8 @@ and embedded by each model as the command line embeds files. Then:
   micro-average precision (area under the precision-recall curve of the global ranking, recall
   over every positive pair), precision/recall/F1 at fixed thresholds, recall at precision 0.9,
   and the threshold of the best F1;
-- the product: `find_duplicates` over a `VectorIndex` of the embeddings, as ``clip-image-encoder
-  duplicates`` runs it, at every threshold of `CALIBRATION_GRID`: pair precision and recall of its
+- the product: `find_duplicates` over an exact (FLAT) embedded store of the embeddings, as
+  ``clip-image-encoder duplicates`` runs it, at every threshold of `CALIBRATION_GRID`: pair precision and recall of its
   groups (every pair inside a group counts as predicted). The default threshold is calibrated on
   these (`CALIBRATION_RULE`) rather than on the pairs, since a group joins chains of pairs and what a
   user gets is groups. At the calibrated threshold (or ``--threshold``) the report details the
@@ -79,7 +79,7 @@ from clip_image_encoder.encoding.outputs import l2_normalize
 from clip_image_encoder.errors import EmbeddingError
 from clip_image_encoder.models.backbones import backbone_of
 from clip_image_encoder.search.duplicates import DuplicateGroup, find_duplicates
-from clip_image_encoder.search.vector_index import VectorIndex
+from clip_image_encoder.search.stores import open_store
 
 SKIMAGE_PHOTOS = (
     "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
@@ -508,9 +508,9 @@ def _positive_pairs(items: list[Item]) -> set[tuple[int, int]]:
 def group_with(
     vectors: np.ndarray, items: list[Item], thresholds: list[float], model: str
 ) -> dict[float, list[DuplicateGroup]]:
-    """`find_duplicates` over a `VectorIndex` of the embeddings at each threshold, as ``clip-image-encoder
-    duplicates`` runs it."""
-    with tempfile.TemporaryDirectory(prefix="duplicates-isc-index-") as db, VectorIndex(Path(db), model) as index:
+    """`find_duplicates` over an exact (FLAT) embedded store of the embeddings at each threshold, as
+    ``clip-image-encoder duplicates`` runs it."""
+    with tempfile.TemporaryDirectory(prefix="duplicates-isc-") as db, open_store(Path(db), model, "FLAT") as index:
         index.upsert([item.key for item in items], vectors)
         return {threshold: find_duplicates(index, threshold) for threshold in thresholds}
 
