@@ -163,3 +163,39 @@ def test_a_bad_index_spec_says_what_it_takes(text, message):
 def test_a_server_store_is_chosen_by_its_uri():
     assert is_server_uri("http://milvus:19530") and is_server_uri("https://in03.zillizcloud.com")
     assert not is_server_uri("index") and not is_server_uri("/data/index")
+
+
+def test_an_index_of_the_earlier_layout_opens_with_its_vectors_moved_into_the_catalogue(tmp_path):
+    """Before the stores, a folder held the vectors only in FAISS (``IndexIDMap2`` over a flat index) and the
+    catalogue only keys: it opens as an exact store, answers as before, and takes new images."""
+    import sqlite3
+
+    import faiss
+
+    vectors = clustered(30, seed=5)
+    folder = tmp_path / "old-index"
+    folder.mkdir()
+    catalogue = sqlite3.connect(folder / "catalog.sqlite")
+    catalogue.executescript(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, key TEXT UNIQUE NOT NULL);"
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('model', 'model-a');"
+    )
+    catalogue.executemany(
+        "INSERT INTO items (id, key) VALUES (?, ?)", [(i + 1, key) for i, key in enumerate(keys_of(30))]
+    )
+    catalogue.commit()
+    catalogue.close()
+    old = faiss.IndexIDMap2(faiss.IndexFlatIP(32))
+    old.add_with_ids(vectors, np.arange(1, 31, dtype=np.int64))
+    faiss.write_index(old, str(folder / "vectors.faiss"))
+
+    with open_store(folder, "model-a") as store:
+        assert store.index_spec.type == "FLAT" and len(store) == 30
+        assert [key for key, _ in store.search(vectors[3], 3)] == [
+            keys_of(30)[i] for i in exact_top(vectors, vectors[3], 3)
+        ]
+        store.upsert(["/photos/new.jpg"], vectors[:1])
+    with open_store(folder) as store:
+        assert len(store) == 31 and store.model_name == "model-a"
+        np.testing.assert_allclose(store.vectors([keys_of(30)[7]])[0], vectors[7], atol=1e-6)

@@ -103,6 +103,9 @@ class EmbeddedStore(VectorStore):
 
     def _migrate_vectors_into_catalog(self) -> None:
         """Indexes written before the catalogue held vectors kept them only in the FAISS file: copy them in."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
+        if "vector" not in columns:
+            self._db.execute("ALTER TABLE items ADD COLUMN vector BLOB")
         old = self.folder / VECTORS_FILE
         if not old.exists() or self._db.execute("SELECT 1 FROM items WHERE vector IS NULL LIMIT 1").fetchone() is None:
             return
