@@ -236,6 +236,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--spreads", type=float, nargs="+", default=[0.6, 1.0], help="image noise around clusters")
+    parser.add_argument("--types", nargs="+", default=["FLAT", "IVF_FLAT"], choices=["FLAT", "IVF_FLAT"])
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--flow", action="store_true", help="also the search Flow over the largest collection")
     parser.add_argument("--flow-requests", type=int, default=50)
@@ -274,7 +275,7 @@ def run_size(kind: str, spread: float, size: int, args: argparse.Namespace, scra
     base, queries = data[:size], data[size:]
     truth = exact_neighbours(base, queries)
     rows = []
-    for spec in ("FLAT", "IVF_FLAT"):
+    for spec in args.types:
         singles = min(args.queries, 200) if spec == "FLAT" else args.queries
         print(f"spread {spread} {size} {kind} {spec} ...", flush=True)
         sweep = size == max(args.sizes) and spec != "FLAT"
@@ -331,7 +332,7 @@ def _server_pid(uri: str) -> int:
 def render(args: argparse.Namespace, rows: list[Row], flow: dict) -> list[str]:
     command = (
         f"python benchmarks/vector_stores.py --sizes {' '.join(map(str, args.sizes))} --spreads "
-        f"{' '.join(map(str, args.spreads))}{' --flow' if flow else ''} --out benchmarks/VECTOR_STORES.md"
+        f"{' '.join(map(str, args.spreads))} --types {' '.join(args.types)}{' --flow' if flow else ''} --out {args.out}"
     )
     lines = [
         "# Vector stores: embedded (FAISS + SQLite) and a Milvus server, exact and approximate",
@@ -341,8 +342,9 @@ def render(args: argparse.Namespace, rows: list[Row], flow: dict) -> list[str]:
         f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
         f"faiss {faiss.__version__}; Milvus 2.3.5 standalone (PyPI `milvus`) on 127.0.0.1, sharing the cores with "
         "the client; the embedded store was measured with no Milvus server running. "
-        f"Vectors: clustered synthetic 512-d unit vectors (`clustered`: spread 0.6 tight clusters, 1.0 diffuse "
-        f"ones); {args.queries} held-out queries; k = {K}; recall@10 against exact search. IVF_FLAT is the default "
+        f"Vectors: clustered synthetic 512-d unit vectors (`clustered`: images around cluster centres at `spread`, "
+        f"the noise's scale against a centre's; the larger, the closer unrelated images come); {args.queries} "
+        f"held-out queries; k = {K}; recall@10 against exact search. IVF_FLAT is the default "
         "(nlist 1024, nprobe 32); FLAT is exact. Insert: `upsert` in chunks of 10 000, each durable when it "
         "returns, IVF training included; ready: until the store answers from its index (embedded: the FAISS file "
         "written; Milvus: flushed and every row indexed). Latency: one query at a time, client side (FLAT: 200 "
