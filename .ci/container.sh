@@ -23,6 +23,7 @@ cleanup() {
         "${BUILDAH[@]}" rm "$name" >/dev/null 2>&1 || true
     done
     rm -rf "$work"
+    "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -51,6 +52,11 @@ if ! podman --storage-driver vfs image exists "$BASE"; then
 fi
 
 step "build $IMAGE from Dockerfile"
+# vfs keeps a full copy of the tree per layer (about 2 GB each here): working containers and untagged images
+# left by earlier runs filled the disk once (a build failed committing a layer), so they go first.
+"${BUILDAH[@]}" rm --all >/dev/null
+"${BUILDAH[@]}" rmi --prune >/dev/null || true
+df -h --output=avail /var/lib/containers | tail -n 1 | xargs echo "free for the build:"
 mounts=()
 for path in /etc/ssl/certs /etc/pip.conf /etc/xdg/pip /root/.config/pip /opt/wheels /opt/pypi /opt/pypi-more; do
     [ -e "$path" ] && mounts+=(-v "$path:$path:ro")
