@@ -11,15 +11,26 @@ and embedded by each model as the command line embeds files. Then:
   micro-average precision (area under the precision-recall curve of the global ranking, recall
   over every positive pair), precision/recall/F1 at fixed thresholds, recall at precision 0.9,
   and the threshold of the best F1;
-- the product: `find_duplicates` over an exact (FLAT) embedded store of the embeddings, as
-  ``clip-image-encoder duplicates`` runs it, at every threshold of `CALIBRATION_GRID`: pair precision and recall of its
+- the product: `find_duplicates` over an embedded store (exact, FLAT) of the embeddings, as ``clip-image-encoder
+  duplicates`` runs it, at every threshold of `CALIBRATION_GRID`: pair precision and recall of its
   groups (every pair inside a group counts as predicted). The default threshold is calibrated on
   these (`CALIBRATION_RULE`) rather than on the pairs, since a group joins chains of pairs and what a
   user gets is groups. At the calibrated threshold (or ``--threshold``) the report details the
   groups: how many, how many are led by their original, and the recall per edit kind.
 
-Each seed of ``--seeds`` draws its own collection (other telescope photos, families and edits), so
-the calibration's spread shows; the report details the first seed's.
+Trained on some photos, calibrated on others, scored on others again (``--split families``, the default):
+every photo belongs to one of three fixed parts, by a hash of its name (`photo_part`): the *training* part,
+on which descriptors may be trained or whitened (``benchmarks/copy_whitening.py`` learns the shipped
+whitening there, and nowhere else), the *calibration* part, on which thresholds are calibrated (a
+threshold calibrated on the whitening's own photos came out too low: a whitening spreads apart the
+photos it was fitted on more than others), and the *held-out* part, on which every figure of the report
+is measured. Each seed of ``--seeds`` draws a calibration and a held-out collection of its own (other
+telescope photos, families and edits): the threshold is calibrated on the seed's calibration collection,
+the default is the median over the seeds, and the held-out collections are scored at it. The part is
+fixed by the name, not drawn per seed, so that no seed scores a photo that a shipped whitening has seen.
+An everyday photo that is the same picture as one of an earlier part (training, then calibration) is left
+out. ``--split none`` is the earlier protocol: one collection per seed, calibrated and scored on itself
+(200 originals, 80 with copies).
 
 The photos (``--photos DIR`` replaces them with yours):
 - everyday photos: scikit-image's and scikit-learn's (`SKIMAGE_PHOTOS`, china, flower, in the venv)
@@ -44,11 +55,14 @@ The report lists the highest-scoring negative pairs that remain, for inspection.
     apt-get install stellarium-data mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 \\
         plasma-workspace-wallpapers opencv-doc
     python benchmarks/duplicates_isc.py --out benchmarks/DUPLICATES.md
+    python benchmarks/duplicates_isc.py --model efficientnet-lite0 efficientnet-lite0-copy \\
+        --out benchmarks/COPY_DETECTION.md
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -133,16 +147,27 @@ ORIGINAL_QUALITY, COPY_QUALITY = 95, 85
 TINY_RANDOM_CLIP = "tiny-random-clip"
 """``--model`` value that builds the tests' tiny random CLIP (a sanity baseline, not a calibration)."""
 TINY_RANDOM_CLIP_LABEL = "tiny random CLIP (random weights: a sanity baseline only)"
-CURVE_THRESHOLDS = (*np.round(np.arange(0.50, 0.90, 0.05), 2), *np.round(np.arange(0.90, 0.995, 0.01), 2))
-GROUP_THRESHOLDS = (0.60, 0.70, 0.75, 0.80, 0.85, 0.90, 0.92, 0.95)
+CURVE_THRESHOLDS = (*np.round(np.arange(0.20, 0.90, 0.05), 2), *np.round(np.arange(0.90, 0.995, 0.01), 2))
+GROUP_THRESHOLDS = (0.30, 0.40, 0.50, 0.60, 0.70, 0.75, 0.80, 0.85, 0.90, 0.92, 0.95)
 """Thresholds of the report's table of groups (with the calibrated one and the one used)."""
-CALIBRATION_GRID = tuple(round(0.50 + 0.01 * step, 2) for step in range(50))
+CALIBRATION_GRID = tuple(round(0.20 + 0.01 * step, 2) for step in range(80))
+TARGET_PRECISION = 0.95
+"""The operating point the default threshold is calibrated for: groups whose pairs are this precise (issue 22)."""
 CALIBRATION_RULE = (
-    "the threshold of 0.50, 0.51 ... 0.99 at which the groups of find_duplicates have the best pair F1 over the "
-    "whole collection (the higher threshold on a tie), for each seed; the default is the median over the seeds "
-    "(the lower middle one for an even count)"
+    f"the lowest threshold of 0.20, 0.21 ... 0.99 from which the pair precision of find_duplicates' groups over "
+    f"the seed's calibration collection stays >= {TARGET_PRECISION} at every higher one (a user's groups should "
+    "hold copies, not look-alikes: precision first, then as much recall as that leaves; if no threshold gets "
+    "there, the one of the best pair F1); the default is the median over the seeds (the lower middle one for an "
+    "even count)"
 )
 TOP_NEGATIVES = 8
+HELD_OUT_SHARE, CALIBRATION_SHARE = 0.5, 0.2
+"""The shares of the photos in the held-out and the calibration part (`photo_part`); the rest is for training."""
+PARTS = ("training", "calibration", "held-out")
+"""`photo_part`'s parts, in the order their photos are deduplicated against each other."""
+SPLIT_SIZES = {"families": (100, 40), "none": (200, 80)}
+"""Default ``--originals`` and ``--with-copies`` per ``--split``: a part's collection has the whole's mix of photos
+(about as many everyday photos as telescope ones) and the same share of families with copies."""
 
 
 # --- the photos ---------------------------------------------------------------------------------------------
@@ -247,25 +272,55 @@ def _same_picture(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndar
     return bool(a[0] @ b[0] >= SAME_PICTURE_COARSE and a[1] @ b[1] >= SAME_PICTURE_DETAIL)
 
 
-def distinct_originals(photos: list[Photo], count: int) -> tuple[list[tuple[str, Image.Image]], list[str]]:
-    """The first ``count`` photos that are no rescaled or recoloured copy of an earlier one, downscaled to
-    `MAX_SIDE`, and the names of those left out as such copies."""
+Fingerprint = tuple[np.ndarray, np.ndarray]
+
+
+def _loaded(photo: Photo) -> Image.Image:
+    """The photo in RGB, downscaled to `MAX_SIDE`."""
+    image = photo.load().convert("RGB")
+    image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+    return image
+
+
+def distinct_originals(
+    photos: list[Photo], count: int, seen: list[tuple[str, Fingerprint]] | None = None
+) -> tuple[list[tuple[str, Image.Image]], list[str]]:
+    """The first ``count`` photos that are no rescaled or recoloured copy of an earlier one (or of a ``seen`` one:
+    the other part's), downscaled to `MAX_SIDE`, and the names of those left out as such copies."""
     kept: list[tuple[str, Image.Image]] = []
-    fingerprints: list[tuple[np.ndarray, np.ndarray]] = []
+    known: list[tuple[str, Fingerprint]] = list(seen or [])
     dropped: list[str] = []
     for photo in photos:
         if len(kept) == count:
             break
-        image = photo.load().convert("RGB")
-        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+        image = _loaded(photo)
         fingerprint = _fingerprint(image)
-        twins = [kept[i][0] for i, other in enumerate(fingerprints) if _same_picture(other, fingerprint)]
+        twins = [name for name, other in known if _same_picture(other, fingerprint)]
         if twins:
             dropped.append(f"{photo.name} (same picture as {twins[0]})")
             continue
         kept.append((photo.name, image))
-        fingerprints.append(fingerprint)
+        known.append((photo.name, fingerprint))
     return kept, dropped
+
+
+def photo_part(name: str) -> str:
+    """One of `PARTS`, fixed by a hash of the photo's name, so the same in every seed and run (a whitening
+    learned on the training part never sees a photo that any seed calibrates on or scores). The held-out part
+    is the first half of the hash's range, as when there were two parts, so it holds the same photos."""
+    share = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
+    if share < HELD_OUT_SHARE:
+        return "held-out"
+    return "calibration" if share < HELD_OUT_SHARE + CALIBRATION_SHARE else "training"
+
+
+def earlier_parts_fingerprints(args: argparse.Namespace, part: str) -> list[tuple[str, Fingerprint]]:
+    """The fingerprints of the everyday photos (or of all of ``--photos``') of the parts before ``part`` in `PARTS`,
+    which an original of ``part`` must not match. Telescope photos need none: no two kept ones overlap in the sky
+    (`telescope_photos`)."""
+    earlier = PARTS[: PARTS.index(part)]
+    photos = folder_photos(Path(args.photos)) if args.photos is not None else everyday_photos()
+    return [(photo.name, _fingerprint(_loaded(photo))) for photo in photos if photo_part(photo.name) in earlier]
 
 
 # --- the collection: originals, edited copies, distractors, as files ------------------------------------------
@@ -289,6 +344,8 @@ class Collection:
     items: list[Item]
     sources: str
     """One line: where the originals came from and what was left out."""
+    part: str | None = None
+    """The part of the photos it was drawn from (`photo_part`); None for ``--split none``."""
 
 
 def build_collection(
@@ -322,20 +379,29 @@ def _save(image: Image.Image, folder: Path, quality: int, rng: random.Random) ->
     return str(path)
 
 
-def load_collection(args: argparse.Namespace, seed: int, folder: Path) -> Collection:
-    """The originals (packaged photos or ``--photos``), deduplicated, sampled, edited and written under ``folder``."""
-    rng = random.Random(seed)
+def load_collection(
+    args: argparse.Namespace,
+    seed: int,
+    folder: Path,
+    part: str | None = None,
+    seen: list[tuple[str, Fingerprint]] | None = None,
+) -> Collection:
+    """The originals (packaged photos or ``--photos``) of ``part`` (None: all), deduplicated (also against
+    ``seen``), sampled, edited and written under ``folder``."""
+    rng = random.Random(seed if part is None else f"{seed}/{part}")
+    in_part = [] if part is None else [f"the {part} part"]
     if args.photos is not None:
-        photos, overlapping = folder_photos(Path(args.photos)), 0
+        photos, overlapping = _of_part(folder_photos(Path(args.photos)), part), 0
         rng.shuffle(photos)
-        origin = f"{args.photos}"
+        origin = " of ".join([*in_part, f"{args.photos}"])
     else:
-        everyday = everyday_photos()
+        everyday = _of_part(everyday_photos(), part)
         telescope, overlapping = telescope_photos()
+        telescope = _of_part(telescope, part)
         rng.shuffle(telescope)
         photos = everyday + telescope
-        origin = f"scikit-image, scikit-learn, {', '.join(DEBIAN_PHOTOS)} and stellarium-data"
-    originals, dropped = distinct_originals(photos, args.originals)
+        origin = " of ".join([*in_part, f"scikit-image, scikit-learn, {', '.join(DEBIAN_PHOTOS)} and stellarium-data"])
+    originals, dropped = distinct_originals(photos, args.originals, seen)
     items = build_collection(originals, args.with_copies, args.copies_per_original, rng, folder)
     counts = _count_by_source(name for name, _ in originals)
     sources = (
@@ -343,7 +409,11 @@ def load_collection(args: argparse.Namespace, seed: int, folder: Path) -> Collec
         f"{overlapping} telescope photos left out for overlapping the sky of another; "
         f"{len(dropped)} left out as the same picture as another{': ' + '; '.join(dropped) if dropped else ''}"
     )
-    return Collection(items, sources)
+    return Collection(items, sources, part)
+
+
+def _of_part(photos: list[Photo], part: str | None) -> list[Photo]:
+    return [photo for photo in photos if part is None or photo_part(photo.name) == part]
 
 
 def _count_by_source(names: Iterator[str]) -> str:
@@ -576,25 +646,66 @@ class ModelRun:
     group_curve: dict[float, GroupScore]
     """The groups' scores at every threshold of `CALIBRATION_GRID` and `GROUP_THRESHOLDS`, and the one used."""
     calibrated: float = 0.0
-    """This collection's calibrated threshold (`CALIBRATION_RULE`)."""
+    """The seed's calibrated threshold (`CALIBRATION_RULE`), on its calibration collection."""
+    calibration_map: float = 0.0
+    """µAP on the calibration collection (the scored one itself with ``--split none``)."""
+    calibration_groups: GroupScore | None = None
+    """The calibration collection's groups at the calibrated threshold."""
     default: float | None = None
     """The backbone's default (`Backbone.duplicate_threshold`) when it ran."""
     kinds: list[KindScore] = field(default_factory=list)
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    items: list[Item] = field(default_factory=list)
+    """The scored collection, row for row of ``vectors``."""
 
 
-def run_model(model: str, label: str, items: list[Item], given: float | None) -> ModelRun:
-    """Embed the collection with one model, score its pairs, and its groups at every threshold of the grid; the
-    detail (groups and kinds) is at this collection's calibrated threshold until `with_detail` says otherwise."""
+def run_model(
+    model: str, label: str, items: list[Item], calibration: list[Item] | None, given: float | None
+) -> ModelRun:
+    """Embed the scored collection with one model, score its pairs, and its groups at every threshold of the grid;
+    calibrate on ``calibration`` (None: on the scored collection itself). The detail (groups and kinds) is at the
+    calibrated threshold until `with_detail` says otherwise."""
     vectors, seconds = embed(model, [item.key for item in items])
-    families = np.array([-1 if item.family is None else item.family for item in items])
-    pairs = RankedPairs.of(vectors, families)
+    pairs = RankedPairs.of(vectors, _families(items))
     default = backbone_of(model).duplicate_threshold
     thresholds = sorted({*CALIBRATION_GRID, *GROUP_THRESHOLDS, *(t for t in (given, default) if t is not None)})
     curve = {t: score_groups(groups, items) for t, groups in group_with(vectors, items, thresholds, model).items()}
-    calibrated = max(CALIBRATION_GRID, key=lambda t: (_f1(curve[t].precision, curve[t].recall), t))
+    calibration_map, calibration_curve = pairs.micro_average_precision(), curve
+    if calibration is not None:
+        calibration_vectors, _ = embed(model, [item.key for item in calibration])
+        calibration_map = RankedPairs.of(calibration_vectors, _families(calibration)).micro_average_precision()
+        grouped = group_with(calibration_vectors, calibration, list(CALIBRATION_GRID), model)
+        calibration_curve = {t: score_groups(groups, calibration) for t, groups in grouped.items()}
+    calibrated = calibrated_threshold(calibration_curve)
     run = ModelRun(model, label, vectors.shape[1], seconds, pairs, calibrated, "", curve[calibrated], curve)
-    return with_detail(replace(run, calibrated=calibrated, default=default, vectors=vectors), items, calibrated, "")
+    run = replace(
+        run,
+        calibrated=calibrated,
+        calibration_map=calibration_map,
+        calibration_groups=calibration_curve[calibrated],
+        default=default,
+        vectors=vectors,
+        items=items,
+    )
+    return with_detail(run, items, calibrated, "")
+
+
+def calibrated_threshold(curve: dict[float, GroupScore]) -> float:
+    """`CALIBRATION_RULE` over the groups of a calibration collection at every threshold of `CALIBRATION_GRID`."""
+    precise: float | None = None
+    for threshold in sorted(CALIBRATION_GRID, reverse=True):
+        score = curve[threshold]
+        if score.groups and score.precision < TARGET_PRECISION:
+            break
+        precise = threshold
+    if precise is not None and curve[precise].groups:
+        return precise
+    return max(CALIBRATION_GRID, key=lambda t: (_f1(curve[t].precision, curve[t].recall), t))
+
+
+def _families(items: list[Item]) -> np.ndarray:
+    """``(N,)`` family numbers, -1 for distractors."""
+    return np.array([-1 if item.family is None else item.family for item in items])
 
 
 def with_detail(run: ModelRun, items: list[Item], threshold: float, origin: str) -> ModelRun:
@@ -763,10 +874,16 @@ def _describe(item: Item) -> str:
 
 
 def write_report(
-    path: Path, collection: Collection, runs: list[list[ModelRun]], args: argparse.Namespace, load_before: float
+    path: Path,
+    collections: tuple[Collection, Collection | None],
+    runs: list[list[ModelRun]],
+    args: argparse.Namespace,
+    load_before: float,
 ) -> None:
-    """The markdown: how it was run, the calibration over every seed, then each model on the first seed's images."""
-    items = collection.items
+    """The markdown: how it was run, the held-out figures and the calibration over every seed, then each model on
+    the first seed's scored collection."""
+    scored, calibration = collections
+    items = scored.items
     with_copies = len({item.family for item in items if item.family is not None})
     copies = sum(item.kind is not None for item in items)
     lines = [
@@ -779,17 +896,20 @@ def write_report(
         f"{os.getloadavg()[0]:.1f} after (a shared machine). Written by `benchmarks/duplicates_isc.py`: its "
         "docstring says how.",
         "",
-        f"Data (seed {args.seeds[0]}): {collection.sources}. {with_copies} originals have "
-        f"{args.copies_per_original} edited copies each ({copies} copies, every kind of `benchmarks/copy_edits.py` "
-        f"dealt in turn: {', '.join(EDITS)}); the other {len(items) - with_copies - copies} originals are "
-        f"distractors. {len(items)} images in all, originals as JPEG quality {ORIGINAL_QUALITY}, copies "
-        f"{COPY_QUALITY}. Each other seed samples other telescope photos, other families and other edits.",
+        *_split_lines(calibration, args),
+        f"Data (seed {args.seeds[0]}{', scored' if calibration else ''}): {scored.sources}. {with_copies} originals "
+        f"have {args.copies_per_original} edited copies each ({copies} copies, every kind of "
+        f"`benchmarks/copy_edits.py` dealt in turn: {', '.join(EDITS)}); the other "
+        f"{len(items) - with_copies - copies} originals are distractors. {len(items)} images in all, originals as "
+        f"JPEG quality {ORIGINAL_QUALITY}, copies {COPY_QUALITY}. Each other seed samples other telescope photos, "
+        "other families and other edits.",
         "",
         "Positives are the pairs of one family (original-copy and copy-copy); µAP is the micro-average precision "
         "of ISC21 over the global ranking of every pair.",
         "",
+        *_summary_tables(runs, bool(calibration)),
         *_calibration_table(runs, args.seeds),
-        f"The sections below detail seed {args.seeds[0]}'s collection.",
+        f"The sections below detail seed {args.seeds[0]}'s {'held-out ' if calibration else ''}collection.",
         "",
     ]
     for run in runs[0]:
@@ -798,22 +918,96 @@ def write_report(
     path.write_text("\n".join(lines).rstrip() + "\n")
 
 
+def _split_lines(calibration: Collection | None, args: argparse.Namespace) -> list[str]:
+    if calibration is None:
+        return ["Split: none (`--split none`): each seed's collection is calibrated and scored on itself.", ""]
+    return [
+        f"Split: by photo (`--split families`). Every photo is in one of three fixed parts by a hash of its name "
+        f"({HELD_OUT_SHARE:.0%} held out, {CALIBRATION_SHARE:.0%} for calibration, the rest for training a "
+        "descriptor's whitening); each seed calibrates on a collection of the calibration part and is scored on "
+        "one of the held-out part. Every figure below is of the held-out collections, except the calibration "
+        f"columns. Seed {args.seeds[0]}'s calibration collection: {calibration.sources}.",
+        "",
+    ]
+
+
+def _mean(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.3f}"
+
+
+def _summary_tables(runs: list[list[ModelRun]], held_out: bool) -> list[str]:
+    """Per model, the mean over the seeds of what the issue's targets name, and the recall per edit kind."""
+    scope = "held-out collections" if held_out else "collections"
+    rows = [
+        f"## Over the seeds ({scope}, mean of {len(runs)})",
+        "",
+        "| model | images/s | µAP (per seed) | everyday µAP | telescope µAP | recall at precision 0.9 | at 0.95 | "
+        "default threshold | pairs there: precision | recall | groups there: precision | recall |",
+        "| --- " * 12 + "|",
+    ]
+    for number, first in enumerate(runs[0]):
+        seeds = [seed_runs[number] for seed_runs in runs]
+        kinds = [photo_kinds(run.items) for run in seeds]
+        at = [run.pairs.at(run.threshold) for run in seeds]
+        rows.append(
+            f"| {first.label} | {statistics.fmean(len(r.vectors) / r.embed_seconds for r in seeds):.1f} | "
+            f"{_mean([r.pairs.micro_average_precision() for r in seeds])} "
+            f"({', '.join(f'{r.pairs.micro_average_precision():.3f}' for r in seeds)}) | "
+            + " | ".join(
+                _mean(
+                    [r.pairs.restricted(k == kind).micro_average_precision() for r, k in zip(seeds, kinds, strict=True)]
+                )
+                for kind in ("everyday", "telescope")
+            )
+            + f" | {_mean([_recall_at(r, 0.9) for r in seeds])} | {_mean([_recall_at(r, 0.95) for r in seeds])} | "
+            f"{first.threshold:.2f} | {_mean([a[0] for a in at])} | {_mean([a[1] for a in at])} | "
+            f"{_mean([r.groups.precision for r in seeds])} | {_mean([r.groups.recall for r in seeds])} |"
+        )
+    return [*rows, "", *_kinds_summary(runs), ""]
+
+
+def _recall_at(run: ModelRun, floor: float) -> float:
+    reached = run.pairs.recall_at_precision(floor)
+    return reached[0] if reached else 0.0
+
+
+def _kinds_summary(runs: list[list[ModelRun]]) -> list[str]:
+    """Copies in their original's group at each model's default threshold, per edit kind, mean over the seeds."""
+    labels = [run.label for run in runs[0]]
+    rows = [
+        "Copies in their original's group at the default threshold, per edit kind (mean over the seeds; "
+        "original-copy pairs at cosine >= the threshold in brackets):",
+        "",
+        "| edit | " + " | ".join(labels) + " |",
+        "| --- " * (len(labels) + 1) + "|",
+    ]
+    for kind in EDITS:
+        cells = []
+        for number in range(len(labels)):
+            scores = [next(k for k in seed_runs[number].kinds if k.kind == kind) for seed_runs in runs]
+            cells.append(f"{_mean([k.group_recall for k in scores])} ({_mean([k.pair_recall for k in scores])})")
+        rows.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def _calibration_table(runs: list[list[ModelRun]], seeds: list[int]) -> list[str]:
-    """Per model and seed: µAP, the pairs' best-F1 threshold, the calibrated threshold and its groups."""
+    """Per model and seed: µAP of both collections, the calibrated threshold and its groups on both."""
     rows = [
         "## Calibration",
         "",
-        "| model | seed | µAP | best pair F1 at | calibrated threshold | its groups: pair precision | pair recall |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| model | seed | calibration µAP | calibrated threshold | its groups there: precision | recall | scored µAP "
+        "| scored groups at it: precision | recall | scored pairs' best F1 at |",
+        "| --- " * 10 + "|",
     ]
     medians = []
     for number, first in enumerate(runs[0]):
         for seed, seed_runs in zip(seeds, runs, strict=True):
             run = seed_runs[number]
-            score = run.group_curve[run.calibrated]
+            calibration, scored = run.calibration_groups, run.group_curve[run.calibrated]
             rows.append(
-                f"| {run.label} | {seed} | {run.pairs.micro_average_precision():.3f} | {run.pairs.best_f1()[0]:.4f} | "
-                f"{run.calibrated:.2f} | {score.precision:.3f} | {score.recall:.3f} |"
+                f"| {run.label} | {seed} | {run.calibration_map:.3f} | {run.calibrated:.2f} | "
+                f"{calibration.precision:.3f} | {calibration.recall:.3f} | {run.pairs.micro_average_precision():.3f} | "
+                f"{scored.precision:.3f} | {scored.recall:.3f} | {run.pairs.best_f1()[0]:.4f} |"
             )
         median = statistics.median_low(seed_runs[number].calibrated for seed_runs in runs)
         medians.append(
@@ -849,14 +1043,12 @@ def _print_summary(run: ModelRun) -> None:
     precision, recall, _, _ = run.pairs.at(run.threshold)
     best_threshold, best_f1 = run.pairs.best_f1()
     print(
-        f"{run.label}: µAP {run.pairs.micro_average_precision():.3f}; best F1 {best_f1:.3f} at {best_threshold:.4f}; "
-        f"at {run.threshold:.2f}: pairs P {precision:.3f} R {recall:.3f}, groups P {run.groups.precision:.3f} "
-        f"R {run.groups.recall:.3f} ({run.groups.groups} groups); "
+        f"{run.label}: µAP {run.pairs.micro_average_precision():.3f} (calibration {run.calibration_map:.3f}); "
+        f"best F1 {best_f1:.3f} at {best_threshold:.4f}; at {run.threshold:.2f}: pairs P {precision:.3f} "
+        f"R {recall:.3f}, groups P {run.groups.precision:.3f} R {run.groups.recall:.3f} ({run.groups.groups} groups); "
         f"{len(run.vectors) / run.embed_seconds:.1f} images/s"
     )
     print("  recall in groups per edit: " + ", ".join(f"{k.kind} {k.group_recall:.2f}" for k in run.kinds))
-    calibrated = run.group_curve[run.calibrated]
-    print(f"  calibrated threshold {run.calibrated:.2f}: groups P {calibrated.precision:.3f} R {calibrated.recall:.3f}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -867,8 +1059,23 @@ def _parser() -> argparse.ArgumentParser:
         default=["efficientnet-lite0", TINY_RANDOM_CLIP],
         help=f"models to measure (name or folder); {TINY_RANDOM_CLIP} builds the tests' tiny random CLIP",
     )
-    parser.add_argument("--originals", type=int, default=200, help="originals in all, with copies or not")
-    parser.add_argument("--with-copies", type=int, default=80, help="originals that get edited copies")
+    parser.add_argument(
+        "--split",
+        choices=tuple(SPLIT_SIZES),
+        default="families",
+        help="families: calibrate on the calibration part of the photos, score the held-out part (`photo_part`); "
+        "none: calibrate and score one collection (the earlier protocol)",
+    )
+    parser.add_argument(
+        "--originals",
+        type=int,
+        default=None,
+        help="originals per collection, with copies or not (default: 100 "
+        "per part with --split families, 200 with none)",
+    )
+    parser.add_argument(
+        "--with-copies", type=int, default=None, help="originals that get edited copies (default: 40, or 80)"
+    )
     parser.add_argument("--copies-per-original", type=int, default=4)
     parser.add_argument(
         "--threshold",
@@ -882,15 +1089,46 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         nargs="+",
         default=[0, 1, 2],
-        help="one collection per seed (sample, families, edits); the report details the first",
+        help="one collection per seed and part (sample, families, edits); the report details the first",
     )
     parser.add_argument("--out", default=None, help="markdown report (e.g. benchmarks/DUPLICATES.md)")
     return parser
 
 
+def run_seed(
+    args: argparse.Namespace, seed: int, models: list[tuple[str, str]], seen: dict[str, list[tuple[str, Fingerprint]]]
+) -> tuple[list[ModelRun], tuple[Collection, Collection | None]]:
+    """One seed: its collections (the held-out one scored, the calibration one calibrating), every model run on
+    them. ``seen``: per part, the fingerprints its originals must not match (`earlier_parts_fingerprints`)."""
+    with tempfile.TemporaryDirectory(prefix="duplicates-isc-") as scratch:
+        calibration = None
+        if args.split == "families":
+            (Path(scratch) / "calibration").mkdir()
+            (Path(scratch) / "held-out").mkdir()
+            calibration = load_collection(args, seed, Path(scratch) / "calibration", "calibration", seen["calibration"])
+            scored = load_collection(args, seed, Path(scratch) / "held-out", "held-out", seen["held-out"])
+            print(f"seed {seed}, calibration: {calibration.sources}")
+        else:
+            scored = load_collection(args, seed, Path(scratch))
+        print(f"seed {seed}{', scored' if calibration else ''}: {scored.sources}")
+        runs = [
+            run_model(model, label, scored.items, calibration.items if calibration else None, args.threshold)
+            for model, label in models
+        ]
+    return runs, (scored, calibration)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    originals, with_copies = SPLIT_SIZES[args.split]
+    args.originals = args.originals or originals
+    args.with_copies = args.with_copies or with_copies
     load_before = os.getloadavg()[0]
+    seen = (
+        {part: earlier_parts_fingerprints(args, part) for part in ("calibration", "held-out")}
+        if args.split == "families"
+        else {}
+    )
     with tempfile.TemporaryDirectory(prefix="duplicates-isc-model-") as models_folder:
         models = [
             (tiny_random_clip(Path(models_folder)), TINY_RANDOM_CLIP_LABEL)
@@ -898,20 +1136,19 @@ def main(argv: list[str] | None = None) -> int:
             else (model, model)
             for model in args.model
         ]
-        runs, first_collection = [], None
+        runs, first_collections = [], None
         for seed in args.seeds:
-            with tempfile.TemporaryDirectory(prefix="duplicates-isc-") as scratch:
-                collection = load_collection(args, seed, Path(scratch))
-                print(f"seed {seed}: {collection.sources}")
-                runs.append([run_model(model, label, collection.items, args.threshold) for model, label in models])
-                first_collection = first_collection or collection
-            for run in runs[-1]:
+            runs_of_seed, collections = run_seed(args, seed, models, seen)
+            runs.append(runs_of_seed)
+            first_collections = first_collections or collections
+            for run in runs_of_seed:
                 _print_summary(run)
-    for number, first in enumerate(runs[0]):
+    for number in range(len(models)):
         threshold, origin = detail_threshold([seed_runs[number] for seed_runs in runs], args.threshold)
-        runs[0][number] = with_detail(first, first_collection.items, threshold, origin)
+        for of_seed in runs:
+            of_seed[number] = with_detail(of_seed[number], of_seed[number].items, threshold, origin)
     if args.out:
-        write_report(Path(args.out), first_collection, runs, args, load_before)
+        write_report(Path(args.out), first_collections, runs, args, load_before)
         print(f"wrote {args.out}")
     return 0
 

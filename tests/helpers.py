@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from docarray import DocList
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from clip_image_encoder.images.uris import DecodeLimits
 from clip_image_encoder.service.documents import ImageDocument
@@ -118,3 +118,14 @@ def serving_folder(folder: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def heavy_copy(photo: np.ndarray) -> bytes:
+    """The copies the search read-out misses most (benchmarks/DUPLICATES.md): a 60% crop with a caption, as JPEG."""
+    image = Image.fromarray(photo)
+    width, height = image.size
+    image = image.crop((width // 10, height // 4, width * 7 // 10, height * 17 // 20))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(8, image.height // 8))
+    draw.text((image.width // 10, image.height // 3), "breaking news", font=font, fill=(255, 255, 0))
+    return encode_image(image, "JPEG", quality=50)

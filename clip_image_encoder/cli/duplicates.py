@@ -14,7 +14,7 @@ from clip_image_encoder.config.flags import add_arguments, parsed_options
 from clip_image_encoder.config.options import FOLDER_OPTIONS, EncoderOptions
 from clip_image_encoder.errors import OptionError
 from clip_image_encoder.extras import require
-from clip_image_encoder.models.identity import model_identity
+from clip_image_encoder.models.identity import DUPLICATES_MODEL, model_identity
 
 if TYPE_CHECKING:
     from clip_image_encoder.search.duplicates import DuplicateGroup
@@ -45,7 +45,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--html", help="also write the groups as one self-contained page with thumbnails")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_index_argument(parser)
-    add_arguments(parser, FOLDER_OPTIONS)
+    add_arguments(parser, FOLDER_OPTIONS, command_defaults={"pretrained_model_name_or_path": DUPLICATES_MODEL})
     parser.set_defaults(handler=run)
 
 

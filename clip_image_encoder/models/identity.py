@@ -9,6 +9,8 @@ from pathlib import Path
 from clip_image_encoder.errors import ModelNotFoundError
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+DUPLICATES_MODEL = "efficientnet-lite0-copy"
+"""``duplicates``' default: the copy-detection read-out of the packaged weights (benchmarks/DUPLICATES.md)."""
 
 
 def model_source(name_or_path: str) -> str:

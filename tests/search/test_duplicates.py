@@ -13,6 +13,7 @@ from helpers import run_cli
 from PIL import Image, ImageEnhance, ImageOps
 
 from clip_image_encoder.models.backbones import backbone_of
+from clip_image_encoder.models.identity import DUPLICATES_MODEL
 from clip_image_encoder.search.duplicates import ImageFacts, group_duplicates, image_facts
 
 REAL_WEIGHTS = "efficientnet-lite0"
@@ -105,6 +106,45 @@ def test_the_default_threshold_groups_copies_of_one_photo_only(collection, tmp_p
     assert groups, "the mirrored and colour-shifted copies are found at the default (benchmark: 97% and 78%)"
     for keys in groups:
         assert len({family_of[key] for key in keys}) == 1, keys
+
+
+def test_by_default_duplicates_reads_out_copies_and_groups_every_copy_with_its_original(collection, tmp_path, capsys):
+    """No --model: the copy-detection read-out (efficientnet-lite0-copy) at its calibrated threshold puts each photo
+    with all four of its copies, and nothing else, where the search read-out at its own default misses some."""
+    folder, families = collection
+    out_csv = tmp_path / "groups.csv"
+    assert run_cli("duplicates", folder, "--quiet", "--out", out_csv) == 0
+    threshold = backbone_of(DUPLICATES_MODEL).duplicate_threshold
+    assert f"images, at cosine >= {threshold}" in capsys.readouterr().out.splitlines()[0]
+
+    expected = sorted([str(path) for path in families[name]] for name in ("coffee", "china"))
+    found = sorted(read_groups(out_csv))
+    assert [(keys[0], set(keys)) for keys in found] == [(keys[0], set(keys)) for keys in expected]  # original first
+
+
+def lightly_edited_copy(original: Image.Image) -> Image.Image:
+    """What a photo becomes on its way around: lightly cropped, downscaled, colour-boosted (saved as JPEG)."""
+    width, height = original.size
+    cropped = original.crop((width // 12, height // 12, width - width // 20, height - height // 20))
+    return ImageEnhance.Color(cropped.resize((cropped.width * 3 // 5, cropped.height * 3 // 5))).enhance(1.5)
+
+
+def test_a_new_users_folder_gets_each_lightly_edited_copy_grouped_with_its_original(photos, tmp_path, capsys):
+    """Issue 22's first try: six photos, a cropped, downscaled, colour-boosted JPEG copy of three of them, and
+    `duplicates DIR` with no other flag. The search read-out grouped none of the three; each must be grouped
+    with its original, the original first, and no other photo joined."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, photo in photos.items():
+        Image.fromarray(photo).save(folder / f"{name}.jpg", quality=95)
+    copied = ("astronaut", "chelsea", "rocket")
+    for name in copied:
+        lightly_edited_copy(Image.fromarray(photos[name])).save(folder / f"{name}-copy.jpg", quality=80)
+    out_csv = tmp_path / "groups.csv"
+    assert run_cli("duplicates", folder, "--quiet", "--out", out_csv) == 0
+    assert capsys.readouterr().out.startswith("3 groups of near-duplicates (6 images) among 9 images")
+    expected = [[str(folder / f"{name}.jpg"), str(folder / f"{name}-copy.jpg")] for name in copied]
+    assert sorted(read_groups(out_csv)) == expected
 
 
 def test_duplicates_finds_each_family_of_edited_copies_and_keeps_its_index(collection, tmp_path, store_db, capsys):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from docarray import DocList
-from helpers import encode_image, free_port, wait_for_port
+from helpers import encode_image, free_port, heavy_copy, wait_for_port
 from jina import Client, Flow
 from PIL import Image
 
@@ -75,9 +75,12 @@ def test_flow_embeds_good_documents_and_reports_broken_ones(tiny_model_dir, phot
     assert np.linalg.norm(np.asarray(again[0].embedding)) == pytest.approx(1, abs=1e-5)
 
 
-@pytest.mark.parametrize("model", ["tiny-clip-folder", "efficientnet-lite0"])
-def test_jina_executor_cli_serves_from_config_yml(tiny_model_dir, photos, model):
-    """Jina's own way to serve config.yml, offline: a local CLIP folder, and the packaged backbone."""
+@pytest.mark.parametrize(
+    ("model", "dimension"), [("tiny-clip-folder", 16), ("efficientnet-lite0", 1280), ("efficientnet-lite0-copy", 512)]
+)
+def test_jina_executor_cli_serves_from_config_yml(tiny_model_dir, photos, model, dimension):
+    """Jina's own way to serve config.yml, offline: a local CLIP folder, the packaged backbone, and its copy-detection
+    read-out (whose whitening is package data of the installed package)."""
     port = free_port()
     name = str(tiny_model_dir) if model == "tiny-clip-folder" else model
     uses_with = json.dumps({"pretrained_model_name_or_path": name})
@@ -96,7 +99,7 @@ def test_jina_executor_cli_serves_from_config_yml(tiny_model_dir, photos, model)
             inputs=DocList[ImageDocument]([ImageDocument(tensor=photos["coffee"]), ImageDocument()]),
             return_type=DocList[ImageDocument],
         )
-        assert np.asarray(answer[0].embedding).shape == ((16,) if model == "tiny-clip-folder" else (1280,))
+        assert np.asarray(answer[0].embedding).shape == (dimension,)
         assert "no image" in answer[1].error
     finally:
         # SIGINT to the whole group: SIGTERM leaves Jina's child process serving on the port.
@@ -136,6 +139,34 @@ def test_search_flow_indexes_then_finds_the_original_of_an_edited_photo(tiny_mod
     assert len(keys) == len(photos) == len(set(keys))
     assert keys[0] == str(folder / "coffee.png")
     assert answer.matches[0].score > answer.matches[1].score
+
+
+def test_a_search_flow_on_the_copy_read_out_finds_the_original_of_a_cropped_captioned_copy(photos, tmp_path):
+    """Copy detection online: the copy-detection read-out served in a search Flow answers a heavy copy (60% crop,
+    caption, JPEG 50) with its original, above the threshold `duplicates` uses, and the other photos below it."""
+    from clip_image_encoder.models.backbones import backbone_of
+    from clip_image_encoder.models.identity import DUPLICATES_MODEL
+    from clip_image_encoder.service.indexer import ImageIndexer
+
+    flow = (
+        Flow(port=free_port())
+        .add(uses=CLIPImageEncoder, uses_with={"pretrained_model_name_or_path": DUPLICATES_MODEL})
+        .add(uses=ImageIndexer, uses_with={"db": str(tmp_path / "db")})
+    )
+    names = sorted(photos)
+    indexed = DocList[ImageDocument]([ImageDocument(id=name, tensor=photos[name]) for name in names])
+    with flow:
+        flow.post("/index", inputs=indexed, return_type=DocList[ImageDocument])
+        answers = flow.post(
+            "/search",
+            inputs=DocList[ImageDocument]([ImageDocument(bytes_=heavy_copy(photos[name])) for name in names]),
+            parameters={"k": len(names)},
+            return_type=DocList[ImageDocument],
+        )
+    threshold = backbone_of(DUPLICATES_MODEL).duplicate_threshold
+    for name, answer in zip(names, answers, strict=True):
+        assert answer.matches[0].key == name, (name, [match.key for match in answer.matches])
+        assert answer.matches[0].score >= threshold > answer.matches[1].score, name
 
 
 def test_flow_yml_describes_the_encoders_and_the_indexer():
