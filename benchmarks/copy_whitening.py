@@ -44,15 +44,13 @@ import duplicates_isc as isc
 
 from clip_image_encoder.encoding.images import ImageEncoder, ImageItem
 from clip_image_encoder.images.uris import DecodeLimits
-from clip_image_encoder.models.backbones import _efficientnet_lite0
+from clip_image_encoder.models.backbones import copy_detection_network
 from clip_image_encoder.models.copy_detection import (
     COPY_INPUT_SIZE,
-    COPY_PREPROCESS,
     WHITENING_FILE,
     CopyReadout,
-    copy_forward,
 )
-from clip_image_encoder.models.network import EmbeddingModel, Network
+from clip_image_encoder.models.network import EmbeddingModel
 
 SEED = 1000
 """Of the copies' edits (any seed would do: the photos are the training part's whatever it is)."""
@@ -60,8 +58,8 @@ SEED = 1000
 
 def raw_descriptors(keys: list[str]) -> np.ndarray:
     """``(N, C)`` float64 descriptors of the read-out before whitening, as the encoder embeds files."""
-    module, _ = _efficientnet_lite0("efficientnet-lite0")
-    network = Network(module.eval(), copy_forward(module.extract_features, None), 1280, COPY_PREPROCESS)
+    network = copy_detection_network(whitening=None)
+    network.module.eval()
     encoder = ImageEncoder(
         EmbeddingModel(network, torch.device("cpu"), torch.float32), DecodeLimits(local_uri_roots=None)
     )

@@ -77,6 +77,9 @@ EFFICIENTNET_LITE_PREPROCESS = PreprocessConfig(
     image_std=(128 / 255,) * 3,
 )
 
+EFFICIENTNET_LITE0_FEATURES = 1280
+"""Channels of EfficientNet-Lite0's last feature map, which both read-outs pool."""
+
 
 def _efficientnet_lite0(source: str) -> tuple[torch.nn.Module, PreprocessConfig | None]:
     """The EfficientNet-Lite0 module with its weights: the packaged ones (no preprocessing of their own), or a
@@ -110,20 +113,22 @@ def _build_efficientnet_lite0(source: str, dtype: torch.dtype, hub_kwargs: dict[
     def forward(pixel_values: torch.Tensor) -> torch.Tensor:
         return module.extract_features(pixel_values).mean(dim=(2, 3))
 
-    return Network(module, forward, 1280, preprocess or EFFICIENTNET_LITE_PREPROCESS)
+    return Network(module, forward, EFFICIENTNET_LITE0_FEATURES, preprocess or EFFICIENTNET_LITE_PREPROCESS)
 
 
 def _build_efficientnet_lite0_copy(source: str, dtype: torch.dtype, hub_kwargs: dict[str, Any]) -> Network:
     """The copy-detection read-out of the packaged EfficientNet-Lite0 (`copy_detection`): whitened GeM descriptors
-    of the whole image at two scales. Only the packaged weights: the whitening was learned on them."""
-    if source not in packaged_backbones():
-        raise ModelNotFoundError(
-            f"model {source!r}: efficientnet-lite0-copy reads the packaged EfficientNet-Lite0 only (its whitening "
-            "was learned on those weights); serve a fine-tuned folder with its own read-out"
-        )
-    module, _ = _efficientnet_lite0(source)
-    whitening = Whitening.load()
-    return Network(module, copy_forward(module.extract_features, whitening), whitening.dim, COPY_PREPROCESS)
+    of the whole image at two scales. A packaged name only (no ``model_types``): the whitening was learned on the
+    packaged weights."""
+    return copy_detection_network(Whitening.load())
+
+
+def copy_detection_network(whitening: Whitening | None) -> Network:
+    """The packaged EfficientNet-Lite0 with the copy-detection read-out; without ``whitening``, its raw pooled
+    descriptors (1280-d), from which ``benchmarks/copy_whitening.py`` learns the whitening."""
+    module, _ = _efficientnet_lite0("efficientnet-lite0")
+    dim = whitening.dim if whitening is not None else EFFICIENTNET_LITE0_FEATURES
+    return Network(module, copy_forward(module.extract_features, whitening), dim, COPY_PREPROCESS)
 
 
 BACKBONES: tuple[Backbone, ...] = (
